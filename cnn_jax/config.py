@@ -1,0 +1,134 @@
+"""The base training config and its validation.
+
+Every config file in ``configs/`` starts from :func:`base_config` and overrides fields;
+``validate`` runs before any work, so a bad value stops the run with the config key, the
+value and what was expected. Override from the command line with
+``--config.optim.lr=0.05`` (ml_collections ``config_flags``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The defaults: CIFAR-10, SGD + Nesterov, linear warm-up then cosine decay.
+
+  Fields other tools rely on: ``model.name``, ``data.name``, ``data.dir``, ``batch_size``
+  (global, summed over all devices and processes), ``num_epochs``, ``seed``.
+  """
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "resnet20"
+  # Extra keyword arguments of the model constructor, e.g. {'shortcut': 'B'}.
+  c.model.kwargs = ml_collections.ConfigDict()
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "cifar10"
+  # Local image folder <dir>/{train,test}/<class>/*; when set, TFDS is never touched.
+  c.data.dir = os.environ.get("CNN_JAX_CIFAR10_DIR", "")
+  c.data.cache_dir = ""  # decoded-image cache; '' -> $CNN_JAX_CACHE or ~/.cache/cnn_jax
+  c.data.num_train = 0  # 0 = all; else a class-balanced subset (quick runs, tests)
+  c.data.num_test = 0
+  c.data.crop_pad = 4  # random-crop padding in pixels; 0 disables the crop
+  c.data.pad_mode = "reflect"  # 'reflect' or 'constant' (zeros)
+  c.data.flip = True
+
+  c.batch_size = 128  # global
+  c.eval_batch_size = 1000  # global; the last batch is padded and masked
+  c.num_epochs = 30
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "sgd"  # 'sgd' (momentum, optional Nesterov) or 'adamw'
+  c.optim.lr = 0.1  # peak learning rate
+  c.optim.momentum = 0.9
+  c.optim.nesterov = True
+  c.optim.b1 = 0.9  # adamw
+  c.optim.b2 = 0.999  # adamw
+  c.optim.weight_decay = 5e-4  # on conv/dense kernels only
+  c.optim.schedule = "cosine"  # 'cosine', 'piecewise' or 'constant', after warm-up
+  c.optim.warmup_epochs = 1.0
+  c.optim.min_lr = 0.0  # cosine end value
+  c.optim.boundaries_epochs = (0.5, 0.75)  # piecewise: fractions of training, or epochs if > 1
+  c.optim.decay_factor = 0.1  # piecewise
+  c.optim.grad_clip_norm = 0.0  # 0 = off
+
+  c.label_smoothing = 0.0
+  c.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (parameters stay float32)
+
+  c.log_every_steps = 50
+  c.eval_every_epochs = 1
+  c.checkpoint_every_steps = 0  # 0 = once per epoch
+  c.keep_checkpoints = 2
+  c.progress_bar = True
+  return c
+
+
+_CHOICES = {
+    "optim.name": ("sgd", "adamw"),
+    "optim.schedule": ("cosine", "piecewise", "constant"),
+    "data.pad_mode": ("reflect", "constant"),
+    "dtype": ("float32", "bfloat16"),
+}
+_POSITIVE = ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
+             "eval_every_epochs", "keep_checkpoints", "optim.lr")
+_NON_NEGATIVE = ("optim.weight_decay", "optim.warmup_epochs", "optim.min_lr",
+                 "optim.grad_clip_norm", "data.crop_pad", "data.num_train", "data.num_test",
+                 "checkpoint_every_steps", "label_smoothing", "optim.momentum")
+
+
+def _get(config, dotted):
+  node = config
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def _flat_keys(config, prefix=""):
+  keys = []
+  for k, v in config.items():
+    if isinstance(v, ml_collections.ConfigDict) and k != "kwargs":
+      keys += _flat_keys(v, f"{prefix}{k}.")
+    else:
+      keys.append(f"{prefix}{k}")
+  return keys
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks a training config; returns it unchanged.
+
+  Raises:
+    KeyError: a key of :func:`base_config` is missing, or an unknown key is present
+      (names it and the nearest valid keys).
+    ValueError: a value out of range or not among the choices (names key, value, expected).
+  """
+  valid = _flat_keys(base_config())
+  have = _flat_keys(config)
+  for k in have:
+    if k not in valid and not k.startswith("model.kwargs."):
+      close = difflib.get_close_matches(k, valid, n=3, cutoff=0.5)
+      raise KeyError(f"unknown config key {k!r}; nearest valid keys: {close or valid[:5]}")
+  for k in valid:
+    if k not in have:
+      raise KeyError(f"config is missing key {k!r} (start configs from "
+                     f"cnn_jax.config.base_config())")
+  for k, choices in _CHOICES.items():
+    if _get(config, k) not in choices:
+      raise ValueError(f"config key {k} = {_get(config, k)!r}; expected one of {choices}")
+  for k in _POSITIVE:
+    if not _get(config, k) > 0:
+      raise ValueError(f"config key {k} = {_get(config, k)!r}; expected > 0")
+  for k in _NON_NEGATIVE:
+    if not _get(config, k) >= 0:
+      raise ValueError(f"config key {k} = {_get(config, k)!r}; expected >= 0")
+  if not 0.0 <= config.label_smoothing < 1.0:
+    raise ValueError(f"config key label_smoothing = {config.label_smoothing}; expected [0, 1)")
+  b = tuple(config.optim.boundaries_epochs)
+  if list(b) != sorted(b):
+    raise ValueError(f"config key optim.boundaries_epochs = {b}; expected increasing values")
+  return config

@@ -1,0 +1,126 @@
+"""Pure train and eval steps: the training recipe as functions of (state, batch).
+
+``make_train_step`` and ``make_eval_step`` close over the static pieces (model, optimizer,
+augmentation settings) and return functions the trainer wraps in ``jax.jit``. The loss is
+softmax cross-entropy on logits with optional label smoothing (Szegedy et al. 2016,
+Sec. 7); BatchNorm uses batch statistics in training and running averages in evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from cnn_jax.data import augment
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything that changes during training (and is checkpointed).
+
+  Attributes:
+    step: int32 scalar, optimizer steps taken.
+    params: the ``'params'`` collection.
+    batch_stats: the ``'batch_stats'`` collection (BatchNorm running mean/var); ``{}`` for
+      models without BatchNorm.
+    opt_state: optax state.
+  """
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+  def variables(self) -> dict:
+    """The variables dict for ``model.apply``."""
+    v = {"params": self.params}
+    if self.batch_stats:
+      v["batch_stats"] = self.batch_stats
+    return v
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
+               input_shape: tuple[int, ...]) -> TrainState:
+  """Initialises parameters on a dummy ``(1, H, W, C)`` input and the optimizer state."""
+  variables = model.init({"params": key, "dropout": key}, jnp.zeros((1, *input_shape)),
+                         train=False)
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
+                  label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example softmax cross-entropy, ``(N, K)`` float logits and ``(N,)`` int labels -> ``(N,)``.
+
+  With smoothing ``eps`` the target is ``(1 - eps) * one_hot + eps / K``.
+  """
+  targets = jax.nn.one_hot(labels, num_classes)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, num_classes: int,
+                    mean, std, seed: int, crop_pad: int = 4, pad_mode: str = "reflect",
+                    flip: bool = True, label_smoothing: float = 0.0,
+                    dtype=jnp.float32) -> Callable:
+  """Returns ``train_step(state, images, labels) -> (state, metrics)``.
+
+  ``images`` are uint8 ``(N, H, W, C)`` and ``labels`` int32 ``(N,)``: augmentation and
+  normalisation happen inside the step. The augmentation and dropout key is
+  ``fold_in(key(seed), step)``, so a resumed run draws the same randomness. ``metrics``
+  holds device scalars ``loss`` and ``accuracy`` (means over the global batch); nothing is
+  copied to the host here.
+  """
+  base_key = jax.random.key(seed)
+
+  def train_step(state: TrainState, images, labels):
+    key = jax.random.fold_in(base_key, state.step)
+    k_aug, k_drop = jax.random.split(key)
+    images = augment.train_augment(k_aug, images, crop_pad=crop_pad, pad_mode=pad_mode,
+                                   flip=flip)
+    x = augment.normalize(images, mean, std, dtype)
+
+    def loss_fn(params):
+      variables = {"params": params}
+      if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+      logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"],
+                                    rngs={"dropout": k_drop})
+      loss = cross_entropy(logits, labels, num_classes, label_smoothing).mean()
+      return loss, (logits, updates)
+
+    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, param_updates)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              batch_stats=updates.get("batch_stats", state.batch_stats))
+    metrics = {"loss": loss,
+               "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module, *, num_classes: int, mean, std,
+                   dtype=jnp.float32) -> Callable:
+  """Returns ``eval_step(state, images, labels, mask) -> sums``.
+
+  ``mask`` (float32 ``(N,)``, 1 for real examples, 0 for padding) lets the last batch be
+  padded to full size; the step returns *sums* (``loss_sum``, ``correct``, ``count``) so the
+  caller divides totals once: every test example counts exactly once, never a mean of
+  batch means.
+  """
+  def eval_step(state: TrainState, images, labels, mask):
+    x = augment.normalize(images, mean, std, dtype)
+    logits = model.apply(state.variables(), x, train=False)
+    loss = cross_entropy(logits, labels, num_classes)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    return {"loss_sum": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask),
+            "count": jnp.sum(mask)}
+
+  return eval_step

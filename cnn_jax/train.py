@@ -1,0 +1,218 @@
+"""Train and evaluate a CNN: ``python -m cnn_jax.train --config configs/<x>.py --workdir <dir>``.
+
+The same work is importable for notebooks::
+
+    from cnn_jax.train import train_and_evaluate
+    from configs.cifar10_resnet20 import get_config
+    final = train_and_evaluate(get_config(), "/tmp/run")  # dict of final metrics
+
+The workdir receives ``config.json``, ``metrics.jsonl`` (train records every
+``log_every_steps``, one eval record per evaluation) and ``checkpoints/``. Running the
+same command on the same workdir resumes from the newest checkpoint: step, parameters,
+BatchNorm statistics, optimizer state, and data position (epoch ``step // steps_per_epoch``
+with that epoch's permutation, which is a function of ``seed`` and the epoch only).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from cnn_jax import checkpoint, data, models, optim, parallel, steps
+from cnn_jax.config import validate
+from cnn_jax.metric_writer import JsonlWriter
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  """The training order of epoch ``epoch``: a fresh permutation of ``range(n)`` per epoch,
+  a pure function of ``(seed, epoch)`` so that a resumed run continues the same order."""
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def evaluate(eval_step, state, images: np.ndarray, labels: np.ndarray, batch_size: int,
+             sharding) -> dict:
+  """Test loss and top-1 accuracy over *every* example exactly once.
+
+  The last batch is padded to ``batch_size`` with masked rows; per-batch sums are added on
+  device and divided once at the end. Returns ``{'test_loss', 'test_accuracy', 'test_count'}``.
+  """
+  n = len(labels)
+  rows = parallel.process_rows(batch_size)
+  totals = None
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, start + batch_size)
+    mask = (idx < n).astype(np.float32)
+    idx = np.minimum(idx, n - 1)[rows]
+    batch = parallel.global_batch(sharding, images[idx], labels[idx], mask[rows])
+    sums = eval_step(state, *batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  return {"test_loss": float(totals["loss_sum"]) / count,
+          "test_accuracy": float(totals["correct"]) / count, "test_count": int(count)}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains ``config.model.name`` on ``config.data.name``; returns the final metrics.
+
+  Args:
+    config: a config built from :func:`cnn_jax.config.base_config` (validated here).
+    workdir: output folder (created); resumes from its newest checkpoint if any.
+
+  Returns:
+    ``{'step', 'epoch', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy',
+    'test_count', 'wall_s'}`` of the final evaluation.
+
+  Raises:
+    KeyError / ValueError: bad config (see :func:`cnn_jax.config.validate`), unknown model
+      or dataset name, a batch size that does not divide by the device count or exceeds
+      the training set.
+    cnn_jax.data.DataError: missing data folder, no images, unreadable image.
+  """
+  t_start = time.time()
+  validate(config)
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  is_main = jax.process_index() == 0
+
+  ds = data.load(config.data)
+  mesh = parallel.data_mesh()
+  repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  parallel.check_batch_size(config.batch_size, mesh, "batch_size")
+  parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  n_train = len(ds.train_labels)
+  steps_per_epoch = n_train // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"config key batch_size = {config.batch_size} exceeds the "
+                     f"{n_train} training examples")
+  total_steps = steps_per_epoch * config.num_epochs
+
+  dtype = jnp.dtype(config.dtype)
+  model = models.create(config.model.name, num_classes=ds.num_classes, dtype=dtype,
+                        **config.model.kwargs.to_dict())
+  tx, schedule = optim.create_optimizer(config.optim, steps_per_epoch, config.num_epochs)
+  input_shape = ds.train_images.shape[1:]
+  init = lambda key: steps.init_state(model, tx, key, input_shape)
+  abstract = jax.eval_shape(init, jax.random.key(config.seed))
+  abstract = checkpoint.abstract_like(abstract, repl)
+
+  mngr = checkpoint.manager(workdir, config.keep_checkpoints)
+  state = checkpoint.restore_latest(mngr, abstract)
+  if state is None:
+    state = jax.jit(init, out_shardings=repl)(jax.random.key(config.seed))
+  start_step = int(state.step)
+
+  writer = JsonlWriter(workdir)
+  if is_main:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+  n_params = models.count_params(state.params, None)
+  if is_main:
+    print(f"cnn_jax: {config.model.name} ({n_params:,} params) on {config.data.name} "
+          f"[{ds.source}]: {n_train} train / {len(ds.test_labels)} test, "
+          f"{steps_per_epoch} steps/epoch x {config.num_epochs} epochs, "
+          f"{mesh.devices.size} device(s) of {jax.devices()[0].platform}, "
+          f"{'resuming at step %d' % start_step if start_step else 'from scratch'}", flush=True)
+  writer.write({"event": "start", "step": start_step, "model": config.model.name,
+                "num_params": n_params, "data_source": ds.source, "devices": mesh.devices.size,
+                "platform": jax.devices()[0].platform, "process_count": jax.process_count()})
+
+  common = dict(num_classes=ds.num_classes, mean=ds.mean, std=ds.std, dtype=dtype)
+  train_step = jax.jit(
+      steps.make_train_step(model, tx, seed=config.seed, crop_pad=config.data.crop_pad,
+                            pad_mode=config.data.pad_mode, flip=config.data.flip,
+                            label_smoothing=config.label_smoothing, **common),
+      donate_argnums=0, out_shardings=(repl, repl))
+  eval_step = jax.jit(steps.make_eval_step(model, **common), out_shardings=repl)
+
+  def run_eval(step):
+    t0 = time.time()
+    rec = evaluate(eval_step, state, ds.test_images, ds.test_labels, config.eval_batch_size,
+                   batch_sh)
+    rec.update(step=step, epoch=step / steps_per_epoch, eval_s=time.time() - t0,
+               wall_s=time.time() - t_start)
+    writer.write(rec)
+    return rec
+
+  rows = parallel.process_rows(config.batch_size)
+  ckpt_every = config.checkpoint_every_steps or steps_per_epoch
+  pbar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                   disable=not (is_main and config.progress_bar))
+  pending, last = [], {}
+  t_log, step_log = time.time(), start_step
+  perm_epoch, perm = -1, None
+  for step in range(start_step, total_steps):
+    epoch, k = divmod(step, steps_per_epoch)
+    if epoch != perm_epoch:
+      perm_epoch, perm = epoch, epoch_permutation(config.seed, epoch, n_train)
+    idx = perm[k * config.batch_size:(k + 1) * config.batch_size][rows]
+    images, labels = parallel.global_batch(batch_sh, ds.train_images[idx], ds.train_labels[idx])
+    state, metrics = train_step(state, images, labels)
+    pending.append(metrics)
+    done = step + 1
+    pbar.update(1)
+
+    if done % config.log_every_steps == 0 or done == total_steps:
+      fetched = jax.device_get(pending)  # the only host transfer of the train loop
+      pending = []
+      now = time.time()
+      last = {"train_loss": float(np.mean([m["loss"] for m in fetched])),
+              "train_accuracy": float(np.mean([m["accuracy"] for m in fetched]))}
+      ips = (done - step_log) * config.batch_size / (now - t_log)
+      writer.write({"step": done, "epoch": done / steps_per_epoch, **last,
+                    "lr": float(schedule(done - 1)), "images_per_s": ips,
+                    "wall_s": now - t_start})
+      pbar.set_postfix(loss=f"{last['train_loss']:.3f}", acc=f"{last['train_accuracy']:.3f}",
+                       img_s=f"{ips:.0f}")
+      t_log, step_log = now, done
+
+    end_of_epoch = done % steps_per_epoch == 0
+    if (end_of_epoch and (done // steps_per_epoch) % config.eval_every_epochs == 0
+        and done != total_steps):
+      rec = run_eval(done)
+      pbar.write(f"epoch {done // steps_per_epoch}: test_accuracy {rec['test_accuracy']:.4f} "
+                 f"test_loss {rec['test_loss']:.4f}")
+      t_log = time.time()  # keep eval time out of the training images/s
+    if done % ckpt_every == 0 and done != total_steps:
+      checkpoint.save(mngr, done, state)
+  pbar.close()
+
+  final = run_eval(total_steps)
+  if int(mngr.latest_step() or -1) != total_steps:
+    checkpoint.save(mngr, total_steps, state)
+  mngr.wait_until_finished()
+  mngr.close()
+  final.update(last)
+  if is_main:
+    print("final: " + json.dumps(final), flush=True)
+  return final
+
+
+def main(argv):
+  del argv
+  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+  parallel.maybe_initialize_distributed()
+  cfg = flags.FLAGS.config
+  train_and_evaluate(cfg, flags.FLAGS.workdir)
+
+
+def _cli():
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Output folder: config.json, metrics.jsonl, checkpoints.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
+
+
+if __name__ == "__main__":
+  _cli()
