@@ -9,7 +9,9 @@ value and what was expected. Override from the command line with
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
+import pathlib
 
 import ml_collections
 
@@ -59,6 +61,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.grad_clip_norm = 0.0  # 0 = off
 
   c.label_smoothing = 0.0
+  # BatchNorm statistics in training: 'global' (over the whole global batch, what jit
+  # sharding computes) or 'per_device' ("ghost" batch norm over each device's shard, as
+  # pmap-era code without cross-replica sync had).
+  c.batchnorm_stats = "global"
   c.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (parameters stay float32)
 
   c.log_every_steps = 50
@@ -74,6 +80,7 @@ _CHOICES = {
     "optim.schedule": ("cosine", "piecewise", "constant"),
     "data.pad_mode": ("reflect", "constant"),
     "dtype": ("float32", "bfloat16"),
+    "batchnorm_stats": ("global", "per_device"),
 }
 _POSITIVE = ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
              "eval_every_epochs", "keep_checkpoints", "optim.lr")
@@ -89,14 +96,58 @@ def _get(config, dotted):
   return node
 
 
-def _flat_keys(config, prefix=""):
+def _flat_keys(config, prefix="", expand_kwargs=False):
   keys = []
   for k, v in config.items():
-    if isinstance(v, ml_collections.ConfigDict) and k != "kwargs":
-      keys += _flat_keys(v, f"{prefix}{k}.")
+    if isinstance(v, ml_collections.ConfigDict) and (k != "kwargs" or expand_kwargs):
+      keys += _flat_keys(v, f"{prefix}{k}.", expand_kwargs)
     else:
       keys.append(f"{prefix}{k}")
   return keys
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """Calls ``get_config()`` of a config file, ``'path.py'`` or ``'path.py:arg'`` (as
+  ``config_flags`` does, where ``arg`` is passed to ``get_config``).
+
+  Raises:
+    FileNotFoundError: no such config file.
+  """
+  path, _, arg = spec.partition(":")
+  if not pathlib.Path(path).is_file():
+    raise FileNotFoundError(f"config file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location("_cnn_jax_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def check_overrides(argv: list[str], flag: str = "config") -> None:
+  """Checks ``--config.a.b=v`` command-line overrides against the config file's keys.
+
+  ``config_flags`` rejects an unknown key with a long traceback; this runs first and
+  stops with one line naming the key and the nearest valid ones.
+
+  Raises:
+    SystemExit: an override names a key the config does not have.
+  """
+  spec, keys = None, []
+  for i, a in enumerate(argv):
+    if a.startswith(f"--{flag}="):
+      spec = a.split("=", 1)[1]
+    elif a == f"--{flag}" and i + 1 < len(argv):
+      spec = argv[i + 1]
+    elif a.startswith(f"--{flag}."):
+      keys.append(a[len(flag) + 3:].split("=", 1)[0])
+  if spec is None or not keys:
+    return
+  valid = _flat_keys(load_config_file(spec), expand_kwargs=True)
+  for k in keys:
+    if k not in valid:
+      close = difflib.get_close_matches(k, valid, n=3, cutoff=0.5)
+      raise SystemExit(f"error: unknown config key {k!r} (from --{flag}.{k}); "
+                       f"nearest valid keys: {', '.join(close) if close else 'none close'}. "
+                       f"Valid keys: {', '.join(valid)}")
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -67,8 +67,15 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, num_classes: int,
                     mean, std, seed: int, crop_pad: int = 4, pad_mode: str = "reflect",
                     flip: bool = True, label_smoothing: float = 0.0,
-                    dtype=jnp.float32) -> Callable:
+                    dtype=jnp.float32, bn_groups: int = 1,
+                    group_sharding=None) -> Callable:
   """Returns ``train_step(state, images, labels) -> (state, metrics)``.
+
+  ``bn_groups > 1`` is ghost batch norm (Hoffer et al. 2017): the batch is split into
+  ``bn_groups`` equal groups (one per device when ``group_sharding`` shards the group axis
+  over the mesh), each normalised with its own statistics, as ``pmap`` code without
+  cross-replica BatchNorm did; the running statistics are the mean over groups. With 1
+  group, statistics are over the whole (global) batch.
 
   ``images`` are uint8 ``(N, H, W, C)`` and ``labels`` int32 ``(N,)``: augmentation and
   normalisation happen inside the step. The augmentation and dropout key is
@@ -85,12 +92,24 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, num_c
                                    flip=flip)
     x = augment.normalize(images, mean, std, dtype)
 
-    def loss_fn(params):
+    def forward(params, x, k_drop):
       variables = {"params": params}
       if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
-      logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"],
-                                    rngs={"dropout": k_drop})
+      return model.apply(variables, x, train=True, mutable=["batch_stats"],
+                         rngs={"dropout": k_drop})
+
+    def loss_fn(params):
+      if bn_groups == 1:
+        logits, updates = forward(params, x, k_drop)
+      else:
+        xg = x.reshape(bn_groups, -1, *x.shape[1:])
+        if group_sharding is not None:
+          xg = jax.lax.with_sharding_constraint(xg, group_sharding)
+        keys = jax.random.split(k_drop, bn_groups)
+        logits, updates = jax.vmap(forward, in_axes=(None, 0, 0))(params, xg, keys)
+        logits = logits.reshape(-1, logits.shape[-1])
+        updates = jax.tree.map(lambda u: u.mean(0), updates)
       loss = cross_entropy(logits, labels, num_classes, label_smoothing).mean()
       return loss, (logits, updates)
 

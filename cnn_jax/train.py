@@ -124,10 +124,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 "platform": jax.devices()[0].platform, "process_count": jax.process_count()})
 
   common = dict(num_classes=ds.num_classes, mean=ds.mean, std=ds.std, dtype=dtype)
+  ghost = config.batchnorm_stats == "per_device"
   train_step = jax.jit(
       steps.make_train_step(model, tx, seed=config.seed, crop_pad=config.data.crop_pad,
                             pad_mode=config.data.pad_mode, flip=config.data.flip,
-                            label_smoothing=config.label_smoothing, **common),
+                            label_smoothing=config.label_smoothing,
+                            bn_groups=mesh.devices.size if ghost else 1,
+                            group_sharding=batch_sh if ghost else None, **common),
       donate_argnums=0, out_shardings=(repl, repl))
   eval_step = jax.jit(steps.make_eval_step(model, **common), out_shardings=repl)
 
@@ -147,47 +150,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   pending, last = [], {}
   t_log, step_log = time.time(), start_step
   perm_epoch, perm = -1, None
-  for step in range(start_step, total_steps):
-    epoch, k = divmod(step, steps_per_epoch)
-    if epoch != perm_epoch:
-      perm_epoch, perm = epoch, epoch_permutation(config.seed, epoch, n_train)
-    idx = perm[k * config.batch_size:(k + 1) * config.batch_size][rows]
-    images, labels = parallel.global_batch(batch_sh, ds.train_images[idx], ds.train_labels[idx])
-    state, metrics = train_step(state, images, labels)
-    pending.append(metrics)
-    done = step + 1
-    pbar.update(1)
+  try:
+    for step in range(start_step, total_steps):
+      epoch, k = divmod(step, steps_per_epoch)
+      if epoch != perm_epoch:
+        perm_epoch, perm = epoch, epoch_permutation(config.seed, epoch, n_train)
+      idx = perm[k * config.batch_size:(k + 1) * config.batch_size][rows]
+      images, labels = parallel.global_batch(batch_sh, ds.train_images[idx],
+                                             ds.train_labels[idx])
+      state, metrics = train_step(state, images, labels)
+      pending.append(metrics)
+      done = step + 1
+      pbar.update(1)
 
-    if done % config.log_every_steps == 0 or done == total_steps:
-      fetched = jax.device_get(pending)  # the only host transfer of the train loop
-      pending = []
-      now = time.time()
-      last = {"train_loss": float(np.mean([m["loss"] for m in fetched])),
-              "train_accuracy": float(np.mean([m["accuracy"] for m in fetched]))}
-      ips = (done - step_log) * config.batch_size / (now - t_log)
-      writer.write({"step": done, "epoch": done / steps_per_epoch, **last,
-                    "lr": float(schedule(done - 1)), "images_per_s": ips,
-                    "wall_s": now - t_start})
-      pbar.set_postfix(loss=f"{last['train_loss']:.3f}", acc=f"{last['train_accuracy']:.3f}",
-                       img_s=f"{ips:.0f}")
-      t_log, step_log = now, done
+      if done % config.log_every_steps == 0 or done == total_steps:
+        fetched = jax.device_get(pending)  # the only host transfer of the train loop
+        pending = []
+        now = time.time()
+        last = {"train_loss": float(np.mean([m["loss"] for m in fetched])),
+                "train_accuracy": float(np.mean([m["accuracy"] for m in fetched]))}
+        ips = (done - step_log) * config.batch_size / (now - t_log)
+        writer.write({"step": done, "epoch": done / steps_per_epoch, **last,
+                      "lr": float(schedule(done - 1)), "images_per_s": ips,
+                      "wall_s": now - t_start})
+        pbar.set_postfix(loss=f"{last['train_loss']:.3f}",
+                         acc=f"{last['train_accuracy']:.3f}", img_s=f"{ips:.0f}")
+        t_log, step_log = now, done
 
-    end_of_epoch = done % steps_per_epoch == 0
-    if (end_of_epoch and (done // steps_per_epoch) % config.eval_every_epochs == 0
-        and done != total_steps):
-      rec = run_eval(done)
-      pbar.write(f"epoch {done // steps_per_epoch}: test_accuracy {rec['test_accuracy']:.4f} "
-                 f"test_loss {rec['test_loss']:.4f}")
-      t_log = time.time()  # keep eval time out of the training images/s
-    if done % ckpt_every == 0 and done != total_steps:
-      checkpoint.save(mngr, done, state)
-  pbar.close()
+      if (done % steps_per_epoch == 0 and (done // steps_per_epoch) % config.eval_every_epochs == 0
+          and done != total_steps):
+        rec = run_eval(done)
+        pbar.write(f"epoch {done // steps_per_epoch}: test_accuracy {rec['test_accuracy']:.4f} "
+                   f"test_loss {rec['test_loss']:.4f}")
+        t_log += rec["eval_s"]  # keep evaluation out of the training images/s
+      if done % ckpt_every == 0 and done != total_steps:
+        checkpoint.save(mngr, done, state)
+    pbar.close()
 
-  final = run_eval(total_steps)
-  if int(mngr.latest_step() or -1) != total_steps:
-    checkpoint.save(mngr, total_steps, state)
-  mngr.wait_until_finished()
-  mngr.close()
+    final = run_eval(total_steps)
+    if mngr.latest_step() != total_steps:
+      checkpoint.save(mngr, total_steps, state)
+  finally:
+    # Let a save that is under way finish, even when training stopped with an error.
+    mngr.wait_until_finished()
+    mngr.close()
   final.update(last)
   if is_main:
     print("final: " + json.dumps(final), flush=True)
@@ -204,9 +210,12 @@ def main(argv):
 
 
 def _cli():
+  import sys  # pylint: disable=g-import-not-at-top
   from absl import app, flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from cnn_jax.config import check_overrides  # pylint: disable=g-import-not-at-top
 
+  check_overrides(sys.argv[1:])
   config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).",
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "Output folder: config.json, metrics.jsonl, checkpoints.")

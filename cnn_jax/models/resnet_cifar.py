@@ -30,21 +30,25 @@ class BasicBlock(nn.Module):
     stride: stride of the first conv (1 or 2).
     shortcut: 'A' (zero-pad identity) or 'B' (1x1 projection where the shape changes).
     zero_init_last_bn: initialise the second BN's scale at zero (block starts as identity).
+    dilation: dilations (d1, d2) of the two 3x3 convs (padding d keeps the size).
   """
   features: int
   stride: int = 1
   shortcut: str = "A"
   zero_init_last_bn: bool = False
   dtype: Any = jnp.float32
+  dilation: tuple[int, int] = (1, 1)
 
   @nn.compact
   def __call__(self, x, train: bool):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, dtype=self.dtype)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
-    y = conv(self.features, (3, 3), (self.stride, self.stride), padding=((1, 1), (1, 1)))(x)
+    d1, d2 = self.dilation
+    y = conv(self.features, (3, 3), (self.stride, self.stride), padding=((d1, d1), (d1, d1)),
+             kernel_dilation=(d1, d1))(x)
     y = nn.relu(norm()(y))
-    y = conv(self.features, (3, 3), padding=((1, 1), (1, 1)))(y)
+    y = conv(self.features, (3, 3), padding=((d2, d2), (d2, d2)), kernel_dilation=(d2, d2))(y)
     y = norm(scale_init=nn.initializers.zeros if self.zero_init_last_bn
              else nn.initializers.ones)(y)
     if self.stride != 1 or x.shape[-1] != self.features:
@@ -70,6 +74,10 @@ class CifarResNet(nn.Module):
     shortcut: 'A' or 'B' (see module docstring).
     zero_init_last_bn: zero-init the last BN scale of each block (Goyal et al. 2017).
     dtype: compute dtype; parameters are float32, logits float32.
+    strides: stride of the first block of each stage.
+    dilations: dilation of each stage; the first conv of a stage keeps the previous
+      stage's dilation (Yu et al. 2017, Sec. 2), e.g. ``strides=(1, 2, 1),
+      dilations=(1, 1, 2)`` is ``resnet20_dilated`` (output stride 2, 16x16 at the head).
 
   Raises:
     ValueError: depth is not 6n + 2.
@@ -80,6 +88,8 @@ class CifarResNet(nn.Module):
   shortcut: str = "A"
   zero_init_last_bn: bool = False
   dtype: Any = jnp.float32
+  strides: tuple[int, int, int] = (1, 2, 2)
+  dilations: tuple[int, int, int] = (1, 1, 1)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -93,11 +103,14 @@ class CifarResNet(nn.Module):
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                      dtype=self.dtype)(x)
     x = nn.relu(x)
+    prev = 1
     for stage, width in enumerate(self.widths):
+      d = self.dilations[stage]
       for b in range(n):
-        stride = 2 if stage > 0 and b == 0 else 1
+        stride = self.strides[stage] if b == 0 else 1
         x = BasicBlock(width, stride, self.shortcut, self.zero_init_last_bn,
-                       dtype=self.dtype)(x, train)
+                       dtype=self.dtype, dilation=(prev, d) if b == 0 else (d, d))(x, train)
+      prev = d
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
     return x.astype(jnp.float32)

@@ -1,0 +1,123 @@
+"""Shared layers of the ConvNeXt V2, ViT and MLP-Mixer families.
+
+* :class:`GRN`: Global Response Normalization (Woo et al. 2023, "ConvNeXt V2: Co-designing
+  and Scaling ConvNets with Masked Autoencoders", CVPR 2023, Eq. 1-3; reference
+  implementation facebookresearch/ConvNeXt-V2 ``models/utils.py::GRN``).
+* :class:`DropPath`: stochastic depth per example (Huang et al. 2016, "Deep Networks with
+  Stochastic Depth"; reference timm ``layers/drop.py::drop_path``).
+* :func:`layer_norm`: LayerNorm with the eps 1e-6 of ConvNeXt / ViT / Mixer (flax's default is
+  1e-6 too, PyTorch's 1e-5; spelled out here so it is explicit).
+* :func:`gelu_exact`: erf GELU, as PyTorch ``nn.GELU()`` (flax ``nn.gelu`` defaults to the tanh
+  approximation).
+
+All layers are channels-last; ``dtype`` is the compute dtype, parameters stay float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def gelu_exact(x):
+  """The exact (erf) GELU ``x * Phi(x)``, as PyTorch ``nn.GELU()`` and timm use."""
+  return nn.gelu(x, approximate=False)
+
+
+def layer_norm(dtype: Any = jnp.float32, epsilon: float = 1e-6, **kw) -> nn.LayerNorm:
+  """A LayerNorm over the last (channel) axis with ``epsilon`` 1e-6 and ``scale``/``bias``
+  parameters (2C parameters), computing its statistics in float32."""
+  return nn.LayerNorm(epsilon=epsilon, dtype=dtype, **kw)
+
+
+def safe_l2_norm(x, axis, eps: float = 1e-12, keepdims: bool = True):
+  """``sqrt(sum(x**2) + eps)`` over ``axis``: the L2 norm with a finite gradient at 0.
+
+  ``jnp.linalg.norm`` has the gradient ``x / |x|`` = 0/0 = NaN at an all-zero input (e.g.
+  a dead GRN channel after a ReLU-like nonlinearity, or zero padding). ``eps`` = 1e-12 is
+  below float32 resolution for any non-degenerate norm (``sqrt(s + 1e-12)`` differs from
+  ``sqrt(s)`` by less than 5e-7 relative once ``s > 1e-6``), so outputs match the reference
+  ``torch.norm`` numerically.
+  """
+  return jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=keepdims) + eps)
+
+
+class GRN(nn.Module):
+  """Global Response Normalization, ``(N, H, W, C) -> (N, H, W, C)``.
+
+  ``Gx = ||x||_2`` over H and W (per example and channel), ``Nx = Gx / (mean_C(Gx) + 1e-6)``,
+  ``out = gamma * (x * Nx) + beta + x``. ``gamma`` and ``beta`` have shape ``(1, 1, 1, C)``
+  (as the reference) and start at zero, so GRN is the identity at initialisation.
+
+  Parameters: 2C. Reference: Woo et al. 2023, Sec. 3; facebookresearch/ConvNeXt-V2
+  ``models/utils.py::GRN`` (channels-last branch). The norm is
+  :func:`safe_l2_norm` (finite gradient at an all-zero input); statistics in float32.
+
+  Attributes:
+    epsilon: added to the channel mean of ``Gx`` (1e-6 as the reference).
+    norm_eps: inside the square root of the L2 norm (1e-12, see :func:`safe_l2_norm`).
+    dtype: compute dtype of the output.
+  """
+  epsilon: float = 1e-6
+  norm_eps: float = 1e-12
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    gamma = self.param("gamma", nn.initializers.zeros, (1, 1, 1, c), jnp.float32)
+    beta = self.param("beta", nn.initializers.zeros, (1, 1, 1, c), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    gx = safe_l2_norm(x32, axis=(1, 2), eps=self.norm_eps)  # (N, 1, 1, C)
+    nx = gx / (jnp.mean(gx, axis=-1, keepdims=True) + self.epsilon)
+    out = gamma * (x32 * nx) + beta + x32
+    return out.astype(self.dtype)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth on a residual branch: ``(N, ...) -> (N, ...)``, no parameters.
+
+  In training each example's branch is kept with probability ``1 - rate`` and the kept ones
+  are scaled by ``1 / (1 - rate)`` (expected value unchanged); in evaluation (or with
+  ``rate == 0``) it is the identity. Draws from the ``'dropout'`` rng stream.
+  Reference: Huang et al. 2016; timm ``layers/drop.py::drop_path`` (``scale_by_keep=True``).
+
+  Attributes:
+    rate: drop probability in ``[0, 1)``.
+  """
+  rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    if deterministic or self.rate == 0.0:
+      return x
+    if not 0.0 <= self.rate < 1.0:
+      raise ValueError(f"DropPath: rate must be in [0, 1), got {self.rate}")
+    keep_prob = 1.0 - self.rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    keep = jax.random.bernoulli(self.make_rng("dropout"), keep_prob, shape)
+    return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros_like(x))
+
+
+def drop_path_rates(drop_path_rate: float, num_blocks: int) -> list[float]:
+  """Linearly rising stochastic-depth rates ``linspace(0, drop_path_rate, num_blocks)``
+  (first block 0, last block ``drop_path_rate``), as ConvNeXt and timm's ViT."""
+  if num_blocks == 1:
+    return [0.0]
+  return [drop_path_rate * i / (num_blocks - 1) for i in range(num_blocks)]
+
+
+dense_init_02 = nn.initializers.normal(0.02)
+"""Plain normal(0, 0.02): the ``trunc_normal_(std=.02)`` of PyTorch references, whose
+truncation at +-2 (absolute, i.e. 100 sigma) never bites. Flax's ``truncated_normal(0.02)``
+truncates at 2 sigma and has a real std of about 0.0176."""
+
+
+def scaled_init(init, scale: float):
+  """An initializer returning ``scale * init(...)`` (ConvNeXt's ``head_init_scale``)."""
+  def _init(key, shape, dtype=jnp.float32):
+    return init(key, shape, dtype) * jnp.asarray(scale, dtype)
+  return _init
