@@ -67,12 +67,25 @@ def check_batch_size(batch_size: int, mesh: Mesh, key: str = "batch_size") -> in
 def process_rows(global_rows: int) -> slice:
   """This process's contiguous share of ``global_rows`` rows of a global batch.
 
-  With one device per ... any layout where each process owns equally many devices, rows
-  ``[i * B/p, (i+1) * B/p)`` of process ``i`` are the rows its devices hold.
+  Every process owns equally many devices, and ``jax.devices()`` lists them process by
+  process, so rows ``[i * B/p, (i+1) * B/p)`` are the rows process ``i``'s devices hold.
   """
   per = global_rows // jax.process_count()
   i = jax.process_index()
   return slice(i * per, (i + 1) * per)
+
+
+def to_host(tree):
+  """Copies a tree of replicated ``jax.Array`` to NumPy on every process.
+
+  ``jax.device_get`` refuses arrays that span other processes' devices; a replicated
+  array's local shard is the whole value, so it is read from there.
+  """
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+  return jax.tree.map(get, tree)
 
 
 def global_batch(sharding: NamedSharding, *local_arrays: np.ndarray) -> tuple[jax.Array, ...]:

@@ -53,7 +53,7 @@ def evaluate(eval_step, state, images: np.ndarray, labels: np.ndarray, batch_siz
     batch = parallel.global_batch(sharding, images[idx], labels[idx], mask[rows])
     sums = eval_step(state, *batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
+  totals = parallel.to_host(totals)
   count = float(totals["count"])
   return {"test_loss": float(totals["loss_sum"]) / count,
           "test_accuracy": float(totals["correct"]) / count, "test_count": int(count)}
@@ -82,6 +82,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
 
+  if config.model.name not in models.list_models():
+    models.create(config.model.name)  # raises KeyError naming close names, before any I/O
   ds = data.load(config.data)
   mesh = parallel.data_mesh()
   repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharded(mesh)
@@ -107,7 +109,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = checkpoint.restore_latest(mngr, abstract)
   if state is None:
     state = jax.jit(init, out_shardings=repl)(jax.random.key(config.seed))
-  start_step = int(state.step)
+  start_step = int(parallel.to_host(state.step))
 
   writer = JsonlWriter(workdir)
   if is_main:
@@ -135,6 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_step = jax.jit(steps.make_eval_step(model, **common), out_shardings=repl)
 
   def run_eval(step):
+    jax.block_until_ready(state)  # finish queued train steps: they are not evaluation time
     t0 = time.time()
     rec = evaluate(eval_step, state, ds.test_images, ds.test_labels, config.eval_batch_size,
                    batch_sh)
@@ -164,7 +167,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       pbar.update(1)
 
       if done % config.log_every_steps == 0 or done == total_steps:
-        fetched = jax.device_get(pending)  # the only host transfer of the train loop
+        fetched = parallel.to_host(pending)  # the only host transfer of the train loop
         pending = []
         now = time.time()
         last = {"train_loss": float(np.mean([m["loss"] for m in fetched])),

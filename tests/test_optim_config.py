@@ -1,0 +1,126 @@
+"""Optimizer factory, schedules, weight-decay mask, config validation and CLI overrides."""
+
+import math
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cnn_jax import models, optim
+from cnn_jax.config import base_config, check_overrides, validate
+
+
+def test_weight_decay_mask_only_kernels():
+  model = models.create("cifar10_cnn")
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                                             train=False))["params"]
+  mask = optim.weight_decay_mask(params)
+  flat = jax.tree_util.tree_flatten_with_path(mask)[0]
+  names = {jax.tree_util.keystr(p): m for p, m in flat}
+  assert names["['Dense_0']['kernel']"] is True
+  assert names["['Dense_0']['bias']"] is False
+  assert names["['ConvBNReLU_0']['Conv_0']['kernel']"] is True
+  assert names["['ConvBNReLU_0']['Conv_0']['bias']"] is False
+  assert names["['ConvBNReLU_0']['BatchNorm_0']['scale']"] is False
+  assert names["['ConvBNReLU_0']['BatchNorm_0']['bias']"] is False
+
+
+def test_sgd_decay_skips_masked_leaves():
+  c = base_config().optim
+  c.warmup_epochs = 0.0
+  c.schedule = "constant"
+  c.lr, c.momentum, c.weight_decay = 0.5, 0.0, 0.1
+  tx, _ = optim.create_optimizer(c, 10, 1)
+  params = {"kernel": jnp.ones(2), "bias": jnp.ones(2)}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  upd, _ = tx.update(zeros, tx.init(params), params)
+  # kernel: -lr * wd * w = -0.05; bias: untouched.
+  np.testing.assert_allclose(upd["kernel"], -0.05)
+  np.testing.assert_allclose(upd["bias"], 0.0)
+
+
+def test_nesterov_matches_formula():
+  c = base_config().optim
+  c.warmup_epochs, c.schedule, c.lr, c.momentum, c.weight_decay = 0.0, "constant", 0.1, 0.9, 0.0
+  tx, _ = optim.create_optimizer(c, 10, 1)
+  p = {"kernel": jnp.zeros(1)}
+  state = tx.init(p)
+  g = {"kernel": jnp.ones(1)}
+  # Nesterov (Sutskever et al. 2013, PyTorch form): v = mu v + g; update = -lr (g + mu v).
+  v = 0.0
+  for _ in range(3):
+    upd, state = tx.update(g, state, p)
+    v = 0.9 * v + 1.0
+    np.testing.assert_allclose(upd["kernel"], -0.1 * (1.0 + 0.9 * v), rtol=1e-6)
+
+
+def test_warmup_then_cosine():
+  c = base_config().optim
+  c.lr, c.warmup_epochs, c.min_lr = 0.4, 2.0, 0.0
+  sched = optim.learning_rate_schedule(c, steps_per_epoch=10, num_epochs=12)
+  assert float(sched(0)) == 0.0
+  np.testing.assert_allclose(float(sched(10)), 0.2, rtol=1e-6)  # half-way through warm-up
+  np.testing.assert_allclose(float(sched(20)), 0.4, rtol=1e-6)  # peak
+  # Cosine: lr(t) = lr/2 (1 + cos(pi t/T)), T = 100 steps after warm-up.
+  np.testing.assert_allclose(float(sched(70)), 0.2 * (1 + math.cos(math.pi * 0.5)), atol=1e-6)
+  assert float(sched(120)) < 1e-6
+
+
+def test_piecewise():
+  c = base_config().optim
+  c.schedule, c.lr, c.warmup_epochs, c.boundaries_epochs = "piecewise", 0.1, 0.0, (0.5, 0.75)
+  sched = optim.learning_rate_schedule(c, steps_per_epoch=10, num_epochs=10)
+  np.testing.assert_allclose([float(sched(s)) for s in (0, 49, 51, 76)],
+                             [0.1, 0.1, 0.01, 0.001], rtol=1e-5)
+
+
+def test_adamw_is_decoupled():
+  c = base_config().optim
+  c.name, c.warmup_epochs, c.schedule, c.lr, c.weight_decay = "adamw", 0.0, "constant", 0.1, 0.5
+  tx, _ = optim.create_optimizer(c, 10, 1)
+  p = {"kernel": jnp.full(1, 2.0), "bias": jnp.full(1, 2.0)}
+  upd, _ = tx.update(jax.tree.map(jnp.zeros_like, p), tx.init(p), p)
+  np.testing.assert_allclose(upd["kernel"], -0.1 * 0.5 * 2.0, rtol=1e-6)
+  np.testing.assert_allclose(upd["bias"], 0.0)
+
+
+def test_validate_errors_name_the_key():
+  c = base_config()
+  c.optim.name = "rmsprop"
+  with pytest.raises(ValueError, match="optim.name.*rmsprop"):
+    validate(c)
+  c = base_config()
+  c.batch_size = 0
+  with pytest.raises(ValueError, match="batch_size = 0"):
+    validate(c)
+  c = base_config()
+  c.optim.lrr = 0.1
+  with pytest.raises(KeyError, match="optim.lrr.*optim.lr"):
+    validate(c)
+  validate(base_config())
+
+
+def test_check_overrides(tmp_path):
+  check_overrides(["--config", "configs/cifar10_resnet20.py", "--config.optim.lr=0.05",
+                   "--config.model.name=cifar10_cnn"])
+  with pytest.raises(SystemExit, match="'optim.lrr'.*optim.lr"):
+    check_overrides(["--config=configs/cifar10_resnet20.py", "--config.optim.lrr=0.05"])
+
+
+def test_cli_unknown_key_is_one_clear_line():
+  r = subprocess.run([sys.executable, "-m", "cnn_jax.train", "--config",
+                      "configs/cifar10_resnet20.py", "--workdir", "/tmp/unused",
+                      "--config.num_epoch=2"], capture_output=True, text=True, timeout=120)
+  assert r.returncode != 0
+  assert "unknown config key 'num_epoch'" in r.stderr and "num_epochs" in r.stderr
+  assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("path", ["configs/cifar10_resnet20.py", "configs/cifar10_cnn.py"])
+def test_config_files_validate(path):
+  from cnn_jax.config import load_config_file
+  validate(load_config_file(path))

@@ -1,0 +1,155 @@
+"""End-to-end training on real CIFAR-10 images: steps, evaluation, logging, resume, errors."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnn_jax import models, optim, steps, train
+from cnn_jax.config import base_config
+from cnn_jax.data import DataError
+from cnn_jax.metric_writer import read_jsonl
+from tests.conftest import tiny_config
+
+
+def _fixed_batch(n=64):
+  rng = np.random.default_rng(0)
+  return (jnp.asarray(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)),
+          jnp.asarray(rng.integers(0, 10, (n,), dtype=np.int32)))
+
+
+def test_train_step_lowers_loss_on_fixed_batch():
+  model = models.create("cifar10_cnn")
+  c = base_config().optim
+  c.warmup_epochs, c.schedule, c.lr = 0.0, "constant", 0.05
+  tx, _ = optim.create_optimizer(c, 10, 1)
+  state = steps.init_state(model, tx, jax.random.key(0), (32, 32, 3))
+  step = jax.jit(steps.make_train_step(model, tx, num_classes=10, mean=[128.0] * 3,
+                                       std=[64.0] * 3, seed=0, crop_pad=0, flip=False),
+                 donate_argnums=0)
+  x, y = _fixed_batch()
+  losses = []
+  for _ in range(15):
+    state, m = step(state, x, y)
+    losses.append(float(m["loss"]))
+  assert losses[-1] < 0.5 * losses[0], losses
+  assert int(state.step) == 15
+
+
+def test_label_smoothing_cross_entropy():
+  logits = jnp.array([[2.0, 0.0, -1.0]])
+  p = np.exp([2.0, 0.0, -1.0]) / np.exp([2.0, 0.0, -1.0]).sum()
+  target = np.array([0.9, 0.0, 0.0]) + 0.1 / 3
+  expected = -(target * np.log(p)).sum()
+  np.testing.assert_allclose(steps.cross_entropy(logits, jnp.array([0]), 3, 0.1), [expected],
+                             rtol=1e-6)
+
+
+def test_evaluation_counts_every_example_once():
+  model = models.create("cifar10_cnn")
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  state = steps.TrainState(jnp.zeros((), jnp.int32), variables["params"],
+                           variables["batch_stats"], None)
+  x, y = _fixed_batch(37)
+  mean, std = np.array([120.0] * 3), np.array([60.0] * 3)
+  eval_step = jax.jit(steps.make_eval_step(model, num_classes=10, mean=mean, std=std))
+  from cnn_jax import parallel
+  sharding = parallel.batch_sharded(parallel.data_mesh())
+  got = train.evaluate(eval_step, state, np.asarray(x), np.asarray(y), 16, sharding)
+  # Reference: one forward pass over all 37 examples, in NumPy.
+  logits = np.asarray(model.apply(variables, (np.asarray(x, np.float32) - mean) / std))
+  logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1,
+                                                                            keepdims=True)) \
+      - logits.max(1, keepdims=True)
+  assert got["test_count"] == 37
+  np.testing.assert_allclose(got["test_accuracy"], np.mean(logits.argmax(1) == np.asarray(y)))
+  np.testing.assert_allclose(got["test_loss"], -logp[np.arange(37), np.asarray(y)].mean(),
+                             rtol=1e-5)
+
+
+def test_epoch_permutation_is_fresh_and_reproducible():
+  a, b = train.epoch_permutation(0, 0, 100), train.epoch_permutation(0, 1, 100)
+  assert sorted(a) == list(range(100)) and not np.array_equal(a, b)
+  np.testing.assert_array_equal(a, train.epoch_permutation(0, 0, 100))
+
+
+def test_end_to_end_logs_checkpoints_and_resumes(cifar10_dir, cache_dir, tmp_path,
+                                                 monkeypatch):
+  """Uninterrupted run vs the same run killed mid-epoch-2 then restarted: identical."""
+  cfg = tiny_config("cifar10_cnn", cifar10_dir, cache_dir, num_train=96, num_test=70,
+                    batch_size=32, num_epochs=2)
+  full = train.train_and_evaluate(cfg, str(tmp_path / "a"))
+  recs = read_jsonl(tmp_path / "a" / "metrics.jsonl")
+  evals = [r for r in recs if "test_accuracy" in r]
+  assert [r["step"] for r in evals] == [3, 6] and all(r["test_count"] == 70 for r in evals)
+  trains = [r for r in recs if "train_loss" in r]
+  assert trains and all(np.isfinite(r["train_loss"]) for r in trains)
+  assert {"step", "epoch", "train_loss", "images_per_s", "wall_s", "lr"} <= set(trains[0])
+  assert json.loads((tmp_path / "a" / "config.json").read_text())["model"]["name"] == "cifar10_cnn"
+  assert full["step"] == 6 and 0.0 <= full["test_accuracy"] <= 1.0
+
+  # Interrupted run: raise after 4 steps (the epoch-1 checkpoint at step 3 exists).
+  real, real_jit = steps.make_train_step, jax.jit
+
+  def make_crashing(*args, **kwargs):
+    inner = real_jit(real(*args, **kwargs), donate_argnums=0)
+    calls = {"n": 0}
+
+    def crashing(state, x, y):
+      calls["n"] += 1
+      if calls["n"] > 4:
+        raise KeyboardInterrupt("simulated kill")
+      return inner(state, x, y)
+    return crashing
+
+  monkeypatch.setattr(steps, "make_train_step", make_crashing)
+  # The trainer jits what make_train_step returns; let the crashing wrapper run eagerly.
+  monkeypatch.setattr(jax, "jit", lambda f, **kw: f if f.__name__ == "crashing"
+                      else real_jit(f, **kw))
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(cfg, str(tmp_path / "b"))
+  monkeypatch.undo()
+  resumed = train.train_and_evaluate(cfg, str(tmp_path / "b"))
+  starts = [r for r in read_jsonl(tmp_path / "b" / "metrics.jsonl") if r.get("event") == "start"]
+  assert [s["step"] for s in starts] == [0, 3]
+  np.testing.assert_allclose(resumed["test_loss"], full["test_loss"], rtol=1e-5)
+  assert resumed["test_accuracy"] == full["test_accuracy"]
+  np.testing.assert_allclose(resumed["train_loss"], full["train_loss"], rtol=1e-5)
+
+  # Running again on a finished workdir does not train again.
+  again = train.train_and_evaluate(cfg, str(tmp_path / "b"))
+  assert again["step"] == 6
+  np.testing.assert_allclose(again["test_loss"], full["test_loss"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("key,value,error,match", [
+    ("model.name", "resnet21", KeyError, "unknown model 'resnet21'"),
+    ("data.name", "cifar11", KeyError, "unknown dataset 'cifar11'"),
+    ("data.dir", "/no/such/dir", DataError, "/no/such/dir.*does not exist"),
+    ("batch_size", 100000, ValueError, "batch_size = 100000 exceeds"),
+])
+def test_bad_input_stops_with_a_named_error(cifar10_dir, cache_dir, tmp_path, key, value, error,
+                                            match):
+  cfg = tiny_config("cifar10_cnn", cifar10_dir, cache_dir)
+  section, _, leaf = key.rpartition(".")
+  (cfg[section] if section else cfg)[leaf] = value
+  with pytest.raises(error, match=match):
+    train.train_and_evaluate(cfg, str(tmp_path))
+
+
+def test_cli_override_reaches_the_run(cifar10_dir, cache_dir, tmp_path):
+  r = subprocess.run(
+      [sys.executable, "-m", "cnn_jax.train", "--config", "configs/cifar10_cnn.py",
+       "--workdir", str(tmp_path), f"--config.data.dir={cifar10_dir}",
+       f"--config.data.cache_dir={cache_dir}", "--config.data.num_train=64",
+       "--config.data.num_test=50", "--config.batch_size=32", "--config.eval_batch_size=50",
+       "--config.num_epochs=1", "--config.optim.lr=0.0123", "--config.progress_bar=False"],
+      capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["optim"]["lr"] == 0.0123 and saved["num_epochs"] == 1
+  assert "final:" in r.stdout
