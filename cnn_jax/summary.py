@@ -165,7 +165,9 @@ def _human(n: float, unit: str) -> str:
 
 def format_table(rows: list[LayerRow], max_depth: int | None = None) -> str:
   """Renders rows as a fixed-width text table with totals (params exact, MACs/FLOPs)."""
-  shown = [r for r in rows if max_depth is None or r.depth <= max_depth]
+  # Helper-method calls that return no array and own nothing are noise in the table.
+  shown = [r for r in rows if (max_depth is None or r.depth <= max_depth)
+           and (r.output_shape != () or r.params_total or r.macs_total)]
   def label(r):
     name = r.path.split("/")[-1] if r.path else "(model)"
     return "  " * r.depth + f"{name} ({r.type})"

@@ -1,12 +1,13 @@
-"""ResNet-20 (He et al. 2015, option A) on CIFAR-10: SGD + Nesterov, cosine, 20 epochs.
+"""ResNet-20 (He et al. 2015, option A) on CIFAR-10: SGD + Nesterov, cosine, 30 epochs.
 
 Run (offline, with the JPEG copy of CIFAR-10)::
 
   CNN_JAX_CIFAR10_DIR=../shared/data/cifar10-jpeg \
     python -m cnn_jax.train --config configs/cifar10_resnet20.py --workdir runs/resnet20
 
-Expected: >= 88% test top-1 after 20 epochs; see experiments/cifar10_resnet20/ for the
-logged run (accuracy, wall time, images/s on a 2-core CPU).
+Expected: the target is >= 88% test top-1 within 30 epochs. Logged so far: the same recipe
+for 20 epochs reached 86.05% (experiments/cifar10_resnet20_20ep/, 83 min on a 2-core CPU);
+the 30-epoch run (about 110 min there) is still to be logged.
 """
 
 from cnn_jax.config import base_config
@@ -16,7 +17,7 @@ def get_config():
   c = base_config()
   c.model.name = "resnet20"
   c.batch_size = 128
-  c.num_epochs = 20
+  c.num_epochs = 30
   c.optim.lr = 0.1
   c.optim.weight_decay = 5e-4
   c.optim.warmup_epochs = 1.0

@@ -27,6 +27,7 @@ def main():
   ap.add_argument("out")
   ap.add_argument("--steps", type=int, default=3)
   ap.add_argument("--batch", type=int, default=32)
+  ap.add_argument("--lr", type=float, default=0.05)
   ap.add_argument("--bn-groups", type=int, default=1,
                   help="ghost BatchNorm groups (the trainer uses one per device)")
   args = ap.parse_args()
@@ -35,7 +36,7 @@ def main():
   mesh = parallel.data_mesh()
   repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   c = base_config().optim
-  c.warmup_epochs, c.schedule, c.lr = 0.0, "constant", 0.05
+  c.warmup_epochs, c.schedule, c.lr = 0.0, "constant", args.lr
   model = models.create(args.model, num_classes=10)
   tx, _ = optim.create_optimizer(c, 10, 1)
   state = jax.jit(lambda k: steps.init_state(model, tx, k, (32, 32, 3)),

@@ -57,11 +57,11 @@ def _layernorm_model():
   pytest.fail("no LayerNorm model registered")
 
 
-@pytest.mark.parametrize("model", ["cifar10_cnn", "layernorm"])
-def test_8_devices_match_1_device(model, tmp_path):
+@pytest.mark.parametrize("model,lr", [("cifar10_cnn", "0.05"), ("layernorm", "0.01")])
+def test_8_devices_match_1_device(model, lr, tmp_path):
   model = _layernorm_model() if model == "layernorm" else model
-  one = _run_worker(model, tmp_path / "one.npz", 1)
-  eight = _run_worker(model, tmp_path / "eight.npz", 8)
+  one = _run_worker(model, tmp_path / "one.npz", 1, "--lr", lr)
+  eight = _run_worker(model, tmp_path / "eight.npz", 8, "--lr", lr)
   assert int(eight["devices"]) == 8 and int(one["devices"]) == 1
   assert one["losses"][-1] < one["losses"][0]  # it trained
   _compare(one, eight)

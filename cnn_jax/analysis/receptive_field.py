@@ -160,7 +160,8 @@ def _window(f: Field, axes_in, axes_out, k, s, d, lo, lhs_dil=None) -> Field:
   left, right, jump = list(f.left), list(f.right), list(f.jump)
   for r, a in enumerate(f.axes):
     t = axes_in.index(a)
-    j = jump[r] / (lhs_dil[t] if lhs_dil else 1)  # holes inserted between input units
+    # Holes inserted between input units (transposed conv) shrink the jump.
+    j = jump[r] if not lhs_dil or lhs_dil[t] == 1 else jump[r] / lhs_dil[t]
     left[r] = left[r] - lo[t] * j
     right[r] = right[r] + ((k[t] - 1) * d[t] - lo[t]) * j
     jump[r] = j * s[t]
@@ -312,7 +313,7 @@ class _Walker:
       left, right, jump = list(f.left), list(f.right), list(f.jump)
       for r, a in enumerate(f.axes):
         lo, _, interior = p["padding_config"][a]
-        jump[r] = jump[r] / (interior + 1)
+        jump[r] = jump[r] / (interior + 1) if interior else jump[r]
         left[r] -= lo * jump[r]
         right[r] -= lo * jump[r]
       out = Field(f.axes, tuple(left), tuple(right), tuple(jump))

@@ -35,6 +35,9 @@ CIFAR variants (32x32 input, 10 classes by default, ``stem_patch=2`` so stage 1 
 ``convnextv2_femto_cifar`` 4,850,362 params (the ImageNet count with the stem conv
 ``p*p*3*C0`` instead of ``4*4*3*C0`` and a 10-way head). ``stem_patch=1`` (pass
 ``--config.model.kwargs.stem_patch=1``) keeps 32x32 in stage 1: 4x the MACs.
+MACs from ``cnn_jax.summary.count_macs``: atto 0.547 G, tiny 4.456 G, base 15.35 G at 224
+(the published 0.55 / 4.47 / 15.4 G within 0.5%; normalisation and GELU are not counted);
+``convnextv2_atto_cifar`` 44.3 M at 32x32.
 """
 
 from __future__ import annotations

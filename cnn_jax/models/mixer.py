@@ -28,6 +28,7 @@ mixer_s4_cifar           4   512   256  2048  8     32     17,110,026 (10 classe
 mixer_tiny_patch4_cifar  4   256   128  1024  8     32     4,360,970 (10 classes)
 =======================  ==  ====  ===  ====  ====  =====  ===========
 
+MACs (``cnn_jax.summary.count_macs``): mixer_b16_224 12.6 G, mixer_tiny_patch4_cifar 303 M.
 The token-mixing MLP is sized by S, so a model's parameter count depends on the input size:
 the table gives it for the named input.
 """

@@ -6,9 +6,10 @@
 lecun-normal for GELU (both the usual variance-preserving choice), zero biases.
 
 ``mlp`` (CIFAR-10, 32x32x3 = 3072 inputs, hidden 512, 512, 10 classes):
-``3072*512 + 512 + 512*512 + 512 + 512*10 + 10`` = 1,841,162 parameters. With no notion of
-locality it is expected far below the CNNs on CIFAR-10 (roughly 55-60% test top-1 with crop
-and flip augmentation is typical for such MLPs; see configs/cifar10_mlp.py).
+``3072*512 + 512 + 512*512 + 512 + 512*10 + 10`` = 1,841,162 parameters (1.84 M MACs).
+With no notion of locality it is expected far below the CNNs on CIFAR-10 (roughly 55-60%
+test top-1 with crop and flip augmentation is typical for such MLPs; see
+configs/cifar10_mlp.py).
 """
 
 from __future__ import annotations
