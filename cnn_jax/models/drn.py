@@ -43,17 +43,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.models.blocks_depthwise import ConvBNAct
+from cnn_jax.models.layers import batch_norm, conv_init_fan_out
 from cnn_jax.models.registry import register
 from cnn_jax.models.resnet import ResNet
 from cnn_jax.models.resnet_cifar import CifarResNet
 
 # fyu/drn init: normal(0, sqrt(2 / (k * k * out_channels))), i.e. He normal on fan-out.
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def _norm(train: bool, dtype, **kw):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                      **kw)
+conv_init = conv_init_fan_out
+_norm = batch_norm
 
 
 def _conv(features: int, k: int, stride: int = 1, dilation: int = 1, dtype=jnp.float32, **kw):

@@ -22,6 +22,24 @@ import jax
 import jax.numpy as jnp
 
 
+# He et al. 2015 normal init on fan-out, as torchvision's ResNets and fyu/drn:
+# kaiming_normal_(mode='fan_out'), std = sqrt(2 / (k * k * out_channels)).
+conv_init_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def batch_norm(train: bool, dtype: Any = jnp.float32, *, zero_init: bool = False,
+               **kw) -> nn.BatchNorm:
+  """``nn.BatchNorm`` with PyTorch's defaults (momentum 0.1 -> flax 0.9, eps 1e-5) on NHWC.
+
+  Batch statistics when ``train``, running averages otherwise; ``zero_init`` starts the
+  scale at 0 (the last BN of a residual branch, Goyal et al. 2017). ``kw`` goes to
+  ``nn.BatchNorm`` (e.g. ``name``).
+  """
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                      scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
+                      **kw)
+
+
 def gelu_exact(x):
   """The exact (erf) GELU ``x * Phi(x)``, as PyTorch ``nn.GELU()`` and timm use."""
   return nn.gelu(x, approximate=False)

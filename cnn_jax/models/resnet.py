@@ -33,15 +33,14 @@ import jax.numpy as jnp
 
 from cnn_jax.models.alexnet import torch_default_init
 from cnn_jax.models.attention_blocks import CBAM, SqueezeExcite
+from cnn_jax.models.layers import batch_norm, conv_init_fan_out
 from cnn_jax.models.registry import register
 
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # kaiming fan_out
+conv_init = conv_init_fan_out
 
 
 def _norm(train: bool, dtype, zero: bool = False, name: Optional[str] = None):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                      scale_init=nn.initializers.zeros if zero else nn.initializers.ones,
-                      name=name)
+  return batch_norm(train, dtype, zero_init=zero, name=name)
 
 
 class ResidualBlock(nn.Module):

@@ -17,9 +17,10 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cnn_jax.models.layers import batch_norm, conv_init_fan_out
 from cnn_jax.models.registry import register
 
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # He normal, fan-out
+conv_init = conv_init_fan_out  # He normal, fan-out
 
 
 class BasicBlock(nn.Module):
@@ -41,16 +42,14 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype)
+    norm = functools.partial(batch_norm, train, self.dtype)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
     d1, d2 = self.dilation
     y = conv(self.features, (3, 3), (self.stride, self.stride), padding=((d1, d1), (d1, d1)),
              kernel_dilation=(d1, d1))(x)
     y = nn.relu(norm()(y))
     y = conv(self.features, (3, 3), padding=((d2, d2), (d2, d2)), kernel_dilation=(d2, d2))(y)
-    y = norm(scale_init=nn.initializers.zeros if self.zero_init_last_bn
-             else nn.initializers.ones)(y)
+    y = norm(zero_init=self.zero_init_last_bn)(y)
     if self.stride != 1 or x.shape[-1] != self.features:
       if self.shortcut == "A":
         x = x[:, ::self.stride, ::self.stride, :]
@@ -100,9 +99,7 @@ class CifarResNet(nn.Module):
     x = x.astype(self.dtype)
     x = nn.Conv(self.widths[0], (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                 dtype=self.dtype, kernel_init=conv_init)(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     dtype=self.dtype)(x)
-    x = nn.relu(x)
+    x = nn.relu(batch_norm(train, self.dtype)(x))
     prev = 1
     for stage, width in enumerate(self.widths):
       d = self.dilations[stage]
