@@ -72,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 0  # 0 = once per epoch
   c.keep_checkpoints = 2
   c.progress_bar = True
+  c.tensorboard = True  # also write the metrics as TensorBoard events to <workdir>/tensorboard
   return c
 
 

@@ -7,7 +7,8 @@ The same work is importable for notebooks::
     final = train_and_evaluate(get_config(), "/tmp/run")  # dict of final metrics
 
 The workdir receives ``config.json``, ``metrics.jsonl`` (train records every
-``log_every_steps``, one eval record per evaluation) and ``checkpoints/``. Running the
+``log_every_steps``, one eval record per evaluation), the same scalars as TensorBoard
+events in ``tensorboard/`` (``config.tensorboard``) and ``checkpoints/``. Running the
 same command on the same workdir resumes from the newest checkpoint: step, parameters,
 BatchNorm statistics, optimizer state, and data position (epoch ``step // steps_per_epoch``
 with that epoch's permutation, which is a function of ``seed`` and the epoch only).
@@ -25,9 +26,9 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from cnn_jax import checkpoint, data, models, optim, parallel, steps
+from cnn_jax import checkpoint, data, models, optim, parallel, provenance, steps
 from cnn_jax.config import validate
-from cnn_jax.metric_writer import JsonlWriter
+from cnn_jax.metric_writer import JsonlWriter, MultiWriter, TensorBoardWriter
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -111,7 +112,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = jax.jit(init, out_shardings=repl)(jax.random.key(config.seed))
   start_step = int(parallel.to_host(state.step))
 
-  writer = JsonlWriter(workdir)
+  writer = MultiWriter(JsonlWriter(workdir),
+                       *([TensorBoardWriter(workdir / "tensorboard")] if config.tensorboard else []))
   if is_main:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
   n_params = models.count_params(state.params, None)
@@ -123,7 +125,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"{'resuming at step %d' % start_step if start_step else 'from scratch'}", flush=True)
   writer.write({"event": "start", "step": start_step, "model": config.model.name,
                 "num_params": n_params, "data_source": ds.source, "devices": mesh.devices.size,
-                "platform": jax.devices()[0].platform, "process_count": jax.process_count()})
+                "platform": jax.devices()[0].platform, "process_count": jax.process_count(),
+                **provenance.run_provenance()})
 
   common = dict(num_classes=ds.num_classes, mean=ds.mean, std=ds.std, dtype=dtype)
   ghost = config.batchnorm_stats == "per_device"
@@ -197,6 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # Let a save that is under way finish, even when training stopped with an error.
     mngr.wait_until_finished()
     mngr.close()
+    writer.close()
   final.update(last)
   if is_main:
     print("final: " + json.dumps(final), flush=True)

@@ -45,4 +45,5 @@ def tiny_config(model_name: str, data_dir, cache_dir, *, num_train: int = 256,
   c.optim.warmup_epochs = 0.0
   c.log_every_steps = 2
   c.progress_bar = False
+  c.tensorboard = False  # one test turns it on; the TF import costs seconds per process
   return c

@@ -1,6 +1,7 @@
 """End-to-end training on real CIFAR-10 images: steps, evaluation, logging, resume, errors."""
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -9,11 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import models, optim, steps, train
+from cnn_jax import models, optim, report, steps, train
 from cnn_jax.config import base_config
 from cnn_jax.data import DataError
 from cnn_jax.metric_writer import read_jsonl
 from tests.conftest import tiny_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _fixed_batch(n=64):
@@ -77,12 +80,25 @@ def test_epoch_permutation_is_fresh_and_reproducible():
   np.testing.assert_array_equal(a, train.epoch_permutation(0, 0, 100))
 
 
+def _tensorboard_scalars(logdir) -> dict:
+  """{tag: [(step, value), ...]} of every scalar in the event files under ``logdir``."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  out = {}
+  for f in sorted(pathlib.Path(logdir).glob("events.out.tfevents.*")):
+    for e in tf.compat.v1.train.summary_iterator(str(f)):
+      for v in e.summary.value:
+        out.setdefault(v.tag, []).append((e.step, float(tf.make_ndarray(v.tensor))))
+  return out
+
+
 def test_end_to_end_logs_checkpoints_and_resumes(cifar10_dir, cache_dir, tmp_path,
                                                  monkeypatch):
   """Uninterrupted run vs the same run killed mid-epoch-2 then restarted: identical."""
   cfg = tiny_config("cifar10_cnn", cifar10_dir, cache_dir, num_train=96, num_test=70,
                     batch_size=32, num_epochs=2)
+  cfg.tensorboard = True
   full = train.train_and_evaluate(cfg, str(tmp_path / "a"))
+  cfg.tensorboard = False
   recs = read_jsonl(tmp_path / "a" / "metrics.jsonl")
   evals = [r for r in recs if "test_accuracy" in r]
   assert [r["step"] for r in evals] == [3, 6] and all(r["test_count"] == 70 for r in evals)
@@ -91,6 +107,22 @@ def test_end_to_end_logs_checkpoints_and_resumes(cifar10_dir, cache_dir, tmp_pat
   assert {"step", "epoch", "train_loss", "images_per_s", "wall_s", "lr"} <= set(trains[0])
   assert json.loads((tmp_path / "a" / "config.json").read_text())["model"]["name"] == "cifar10_cnn"
   assert full["step"] == 6 and 0.0 <= full["test_accuracy"] <= 1.0
+  start = recs[0]
+  assert start["event"] == "start" and start["jax"] == jax.__version__
+  assert start["device_count"] == jax.device_count() and start["cpu_count"] >= 1
+  git_head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                            text=True, check=False).stdout.strip()
+  assert start["git_commit"] == (git_head or None)
+  summary = report.summarize(tmp_path / "a" / "metrics.jsonl")
+  assert summary["final_test_accuracy"] == evals[-1]["test_accuracy"]
+  assert summary["test_count"] == 70 and summary["git_commit"] == start["git_commit"]
+  tb = _tensorboard_scalars(tmp_path / "a" / "tensorboard")
+  assert sorted(tb["test_accuracy"]) == [(r["step"], pytest.approx(r["test_accuracy"]))
+                                         for r in evals]
+  assert [s for s, _ in sorted(tb["train_loss"])] == [r["step"] for r in trains]
+  table = report.comparison_table([tmp_path / "a"]).splitlines()
+  assert len(table) == 3 and "| `cifar10_cnn` | 289,194 |" in table[2]
+  assert f"| {100 * evals[-1]['test_accuracy']:.2f} |" in table[2]
 
   # Interrupted run: raise after 4 steps (the epoch-1 checkpoint at step 3 exists).
   real, real_jit = steps.make_train_step, jax.jit

@@ -24,6 +24,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cnn_jax.models.layers import batch_norm
 
 class SqueezeExcite(nn.Module):
   """Squeeze-and-Excitation gate, ``(N, H, W, C) -> (N, H, W, C)``.
@@ -92,8 +93,7 @@ class SpatialGate(nn.Module):
     p = self.kernel_size // 2
     s = nn.Conv(1, (self.kernel_size, self.kernel_size), padding=((p, p), (p, p)),
                 use_bias=False, dtype=self.dtype)(pooled)
-    s = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     dtype=self.dtype)(s)
+    s = batch_norm(train, self.dtype)(s)
     return x * nn.sigmoid(s.astype(jnp.float32)).astype(x.dtype)
 
 

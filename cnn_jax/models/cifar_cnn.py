@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cnn_jax.models.layers import batch_norm
 from cnn_jax.models.registry import register
 
 
@@ -38,8 +39,7 @@ class ConvBNReLU(nn.Module):
     x = nn.Conv(self.features, self.kernel_size, self.strides, padding="SAME",
                 use_bias=True, dtype=self.dtype,
                 kernel_init=nn.initializers.he_normal())(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     dtype=self.dtype)(x)
+    x = batch_norm(train, self.dtype)(x)
     return nn.relu(x)
 
 

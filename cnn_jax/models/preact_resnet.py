@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.models.alexnet import torch_default_init
+from cnn_jax.models.layers import batch_norm
 from cnn_jax.models.registry import register
 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # He normal, fan-out
@@ -50,8 +51,7 @@ class PreActBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype)
+    norm = functools.partial(batch_norm, train, self.dtype)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
     s = (self.stride, self.stride)
     out = nn.relu(norm()(x))
@@ -78,8 +78,7 @@ class PreActBottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype)
+    norm = functools.partial(batch_norm, train, self.dtype)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
     s = (self.stride, self.stride)
     out_ch = self.planes * self.expansion
@@ -129,8 +128,7 @@ class PreActResNet(nn.Module):
         x = blocks[self.block](width, self.strides[i] if b == 0 else 1, dtype=self.dtype,
                                name=f"layer{i + 1}_{b}")(x, train)
     if self.final_norm:
-      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                               dtype=self.dtype, name="final_bn")(x))
+      x = nn.relu(batch_norm(train, self.dtype, name="final_bn")(x))
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=torch_default_init,
                  name="fc")(x)

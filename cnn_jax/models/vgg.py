@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.models.alexnet import adaptive_avg_pool
+from cnn_jax.models.layers import batch_norm
 from cnn_jax.models.registry import register
 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision VGG
@@ -65,8 +66,7 @@ class VGG(nn.Module):
         x = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
                     kernel_init=conv_init)(x)
         if self.batch_norm:
-          x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                           dtype=self.dtype)(x)
+          x = batch_norm(train, self.dtype)(x)
         x = nn.relu(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=linear_init)

@@ -1,0 +1,67 @@
+"""Where a run came from: code commit, library versions and hardware, for its logs.
+
+Every number in a results table must be traceable to a logged run (config, commit, hardware,
+wall time); :func:`run_provenance` is written into the ``start`` record of ``metrics.jsonl``
+so that ``python -m cnn_jax.report`` can print it next to the accuracy.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import platform
+import subprocess
+
+import jax
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _git(*args: str) -> str | None:
+  try:
+    out = subprocess.run(["git", "-C", str(_REPO), *args], capture_output=True, text=True,
+                         timeout=10, check=True)
+  except (OSError, subprocess.SubprocessError):
+    return None  # not a git checkout (e.g. a wheel install) or git missing
+  return out.stdout.strip()
+
+
+def cpu_model() -> str:
+  """The CPU's model name from ``/proc/cpuinfo`` (Linux), else ``platform.processor()``."""
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def run_provenance() -> dict:
+  """Returns a JSON-serialisable dict describing this process's code and hardware.
+
+  Keys: ``git_commit`` (40-hex SHA or None outside a git checkout), ``git_dirty`` (True
+  when tracked files differ from that commit; None outside git), ``jax``, ``jaxlib``,
+  ``python`` (versions), ``device_kind`` (e.g. ``'cpu'``, ``'TPU v5 lite'``),
+  ``device_count`` (global), ``cpu`` (host CPU model), ``cpu_count`` (logical CPUs visible to
+  this process), ``xla_flags`` (the ``XLA_FLAGS`` environment variable, '' if unset).
+  """
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  commit = _git("rev-parse", "HEAD")
+  status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+  try:
+    n_cpu = len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    n_cpu = os.cpu_count()
+  return {
+      "git_commit": commit,
+      "git_dirty": None if status is None else bool(status),
+      "jax": jax.__version__,
+      "jaxlib": jaxlib.__version__,
+      "python": platform.python_version(),
+      "device_kind": jax.devices()[0].device_kind,
+      "device_count": jax.device_count(),
+      "cpu": cpu_model(),
+      "cpu_count": n_cpu,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
