@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from cnn_jax.models.layers import batch_norm
 
+
 class SqueezeExcite(nn.Module):
   """Squeeze-and-Excitation gate, ``(N, H, W, C) -> (N, H, W, C)``.
 
