@@ -51,6 +51,7 @@ import jax.numpy as jnp
 from cnn_jax.models.layers import (DropPath, GRN, dense_init_02, drop_path_rates, gelu_exact,
                                    layer_norm, scaled_init)
 from cnn_jax.models.registry import register
+from cnn_jax.ops import depthwise
 
 
 class ConvNeXtV2Block(nn.Module):
@@ -75,7 +76,7 @@ class ConvNeXtV2Block(nn.Module):
                               bias_init=nn.initializers.zeros)
     y = nn.Conv(self.dim, (7, 7), padding=((3, 3), (3, 3)), feature_group_count=self.dim,
                 dtype=self.dtype, kernel_init=dense_init_02, bias_init=nn.initializers.zeros,
-                name="dwconv")(x)
+                name="dwconv", conv_general_dilated=depthwise.conv_general_dilated)(x)
     y = layer_norm(self.dtype, name="norm")(y)
     y = dense(4 * self.dim, name="pwconv1")(y)
     y = gelu_exact(y)

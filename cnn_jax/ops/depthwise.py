@@ -1,0 +1,104 @@
+"""Depthwise convolution as a sum of shifted elementwise products, for CPU speed.
+
+A depthwise conv (``feature_group_count == C_in == C_out``, one ``K_h x K_w`` filter per
+channel; Howard et al. 2017, Sec. 3.1) is
+
+    out[n, i, j, c] = sum_{m, k} x_pad[n, i*s_h + m*d_h, j*s_w + k*d_w, c] * w[m, k, 0, c]
+
+i.e. ``K_h*K_w`` strided slices of the padded input, each scaled per channel and added.
+XLA fuses that into one loop nest. On the 2-core x86 CPU used here, XLA's own grouped
+convolution (jaxlib 0.10.2) is far slower for this case: ``benchmarks/depthwise_bench.py``
+measures both side by side. :func:`conv_general_dilated` is a drop-in replacement for
+``lax.conv_general_dilated`` that takes this path for NHWC/HWIO depthwise convs on CPU and
+defers to XLA for everything else; models pass it to ``flax.linen.Conv`` through its
+``conv_general_dilated`` attribute, so parameter names and shapes do not change.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from cnn_jax.ops.conv import _taps
+from cnn_jax.ops.formulas import conv_output_size
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _is_nhwc(lhs_shape, rhs_shape, dimension_numbers) -> bool:
+  if dimension_numbers is None:
+    return False  # lax's default is NCHW/OIHW
+  want = lax.conv_dimension_numbers(lhs_shape, rhs_shape, _NHWC)
+  return lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers) == want
+
+
+def depthwise_conv_taps(x: jax.Array, w: jax.Array, strides=(1, 1), padding="VALID",
+                        dilation=(1, 1), preferred_element_type=None) -> jax.Array:
+  """Depthwise 2-D convolution by shifted elementwise products (see the module docstring).
+
+  Args:
+    x: ``(N, H, W, C)`` input, NHWC.
+    w: ``(K_h, K_w, 1, C)`` kernel, HWIO with one input channel per group.
+    strides: ``(s_h, s_w)`` in pixels.
+    padding: ``'SAME'``, ``'VALID'`` or ``((top, bottom), (left, right))`` pixels (>= 0).
+    dilation: ``(d_h, d_w)`` kernel dilation (``rhs_dilation``), pixels.
+    preferred_element_type: output dtype; default ``jnp.result_type(x, w)``. Products are
+      accumulated in float32 (or wider) whatever the input dtype, as XLA's conv does.
+
+  Returns:
+    ``(N, H_out, W_out, C)`` with ``H_out = floor((H + p_t + p_b - d_h (K_h - 1) - 1) / s_h) + 1``.
+
+  Raises:
+    ValueError: ``w`` is not ``(K_h, K_w, 1, C)`` for ``C = x.shape[-1]``, or a padding is
+      negative.
+  """
+  if x.ndim != 4 or w.ndim != 4 or w.shape[2] != 1 or w.shape[3] != x.shape[3]:
+    raise ValueError(f"depthwise_conv_taps: expected x (N, H, W, C) and w (K_h, K_w, 1, C), "
+                     f"got x {x.shape} and w {w.shape}")
+  s, d = tuple(strides), tuple(dilation)
+  kh, kw = w.shape[:2]
+  if isinstance(padding, str):
+    pads = lax.padtype_to_pads(x.shape[1:3], ((kh - 1) * d[0] + 1, (kw - 1) * d[1] + 1), s,
+                               padding)
+  else:
+    pads = [tuple(p) for p in padding]
+  if any(p < 0 for pair in pads for p in pair):
+    raise ValueError(f"depthwise_conv_taps: negative padding {pads} is not supported")
+  ho = conv_output_size(x.shape[1], kh, s[0], pads[0], d[0])
+  wo = conv_output_size(x.shape[2], kw, s[1], pads[1], d[1])
+  out_dtype = preferred_element_type or jnp.result_type(x, w)
+  acc_dtype = jnp.promote_types(out_dtype, jnp.float32)
+  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  acc = jnp.zeros((x.shape[0], ho, wo, x.shape[3]), acc_dtype)
+  for (m, k), view in _taps(xp, kh, kw, ho, wo, s, d):
+    acc = acc + view.astype(acc_dtype) * w[m, k, 0].astype(acc_dtype)
+  return acc.astype(out_dtype)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         batch_group_count=1, precision=None, preferred_element_type=None):
+  """``lax.conv_general_dilated`` with depthwise convs on CPU done by :func:`depthwise_conv_taps`.
+
+  Same arguments and result as ``jax.lax.conv_general_dilated``. The tap path is taken when
+  the default backend is CPU, the layout is NHWC/HWIO, ``feature_group_count == C_in ==
+  C_out`` (``rhs`` is ``(K_h, K_w, 1, C)``), there is no ``lhs_dilation`` or
+  ``batch_group_count`` and padding is non-negative; everything else (and every convolution
+  on GPU/TPU, where XLA's own depthwise kernels are the fast path) goes to
+  ``lax.conv_general_dilated`` unchanged.
+  """
+  rhs_dilation = tuple(rhs_dilation or (1,) * (lhs.ndim - 2))
+  taps = (jax.default_backend() == "cpu" and lhs.ndim == 4
+          and _is_nhwc(lhs.shape, rhs.shape, dimension_numbers)
+          and feature_group_count == lhs.shape[-1] == rhs.shape[-1] and rhs.shape[2] == 1
+          and batch_group_count == 1 and all(v == 1 for v in (lhs_dilation or (1, 1)))
+          and (isinstance(padding, str) or all(p >= 0 for pair in padding for p in pair)))
+  if taps:
+    return depthwise_conv_taps(lhs, rhs, window_strides, padding, rhs_dilation,
+                               preferred_element_type)
+  return lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count, precision=precision,
+      preferred_element_type=preferred_element_type)
