@@ -3,7 +3,7 @@
 Measures, side by side in one process (the machine is shared and noisy: read the ratios),
 (1) single depthwise layers at the shapes of mobilenet_v2_cifar and convnextv2_atto_cifar,
 forward and forward+backward, and (2) whole jitted train steps of those models at batch 128.
-The XLA path is forced by making ``cnn_jax.ops.depthwise`` believe the backend is not CPU.
+The XLA path is forced with ``cnn_jax.ops.depthwise.xla_convs()``.
 Usage::
 
   python benchmarks/depthwise_bench.py [--steps 3] [--batch 128]
@@ -11,8 +11,6 @@ Usage::
 
 import argparse
 import time
-from unittest import mock
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,7 +77,7 @@ def main():
   layer_rows(args.batch, args.steps)
   for name in ["mobilenet_v2_cifar", "convnextv2_atto_cifar"]:
     fast = step_time(name, args.batch, args.steps)
-    with mock.patch.object(depthwise.jax, "default_backend", lambda: "xla-path"):
+    with depthwise.xla_convs():
       slow = step_time(name, args.batch, args.steps)
     print(f"train step {name:28s} {slow:6.2f} s vs {fast:6.2f} s ({slow / fast:4.1f}x); "
           f"{args.batch / slow:5.0f} vs {args.batch / fast:5.0f} images/s")

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from cnn_jax.analysis.counting import macs_by_tag
 from cnn_jax.analysis.tracing import placeholders, trace_model
+from cnn_jax.ops import depthwise
 
 
 @dataclasses.dataclass
@@ -148,7 +149,8 @@ def xla_flops(model: nn.Module, input_shape=(32, 32, 3), batch: int = 1) -> floa
   """
   variables, x = _placeholders(model, input_shape, batch, jnp.float32)
   fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  cost = fwd.lower(variables, x).compile().cost_analysis()
+  with depthwise.xla_convs():  # the convolution as XLA's conv op, as count_macs sees it
+    cost = fwd.lower(variables, x).compile().cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else None
   if not cost or "flops" not in cost:

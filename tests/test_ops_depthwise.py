@@ -88,7 +88,16 @@ def test_models_match_xla_depthwise(name, monkeypatch):
   fast = model.apply(variables, x, train=False)
   n_taps = len(calls)
   assert n_taps > 0  # the model's depthwise convs took the tap path
-  monkeypatch.setattr(jax, "default_backend", lambda: "not-cpu")  # forces lax everywhere
-  ref = model.apply(variables, x, train=False)
+  with depthwise.xla_convs():
+    ref = model.apply(variables, x, train=False)
   assert len(calls) == n_taps
   np.testing.assert_allclose(fast, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_analysis_sees_one_conv_op_per_depthwise_conv():
+  """MAC counting traces under xla_convs, so a depthwise conv counts K*K*C*H_out*W_out."""
+  from cnn_jax.models.blocks_depthwise import ConvBNAct  # pylint: disable=g-import-not-at-top
+  from cnn_jax.summary import count_macs  # pylint: disable=g-import-not-at-top
+  layer = ConvBNAct(features=16, kernel_size=3, stride=2, groups=16)
+  assert count_macs(layer, (8, 8, 16)) == 3 * 3 * 16 * 4 * 4
+  assert depthwise._FORCE_XLA.get() is False  # the context was left

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from jax.extend import core as jax_core
 
 from cnn_jax.analysis.tracing import tags_of, trace_model
+from cnn_jax.ops import depthwise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -451,7 +452,8 @@ def receptive_field_of_fn(fn: Callable, x_shape: tuple[int, ...],
   Returns:
     :class:`RFResult` (``modules`` is empty; rows have path '').
   """
-  closed = jax.make_jaxpr(fn)(jax.ShapeDtypeStruct(tuple(x_shape), jnp.float32))
+  with depthwise.xla_convs():  # one conv op per convolution, whatever the backend
+    closed = jax.make_jaxpr(fn)(jax.ShapeDtypeStruct(tuple(x_shape), jnp.float32))
   walker = _Walker([])
   in_field = _identity_field(len(x_shape), tuple(spatial_axes))
   return _result(walker, walker.run(closed.jaxpr, [in_field]), in_field)

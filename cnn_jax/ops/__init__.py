@@ -2,7 +2,8 @@
 
 ``conv2d``/``conv1d`` with three implementations ('direct', 'im2col', 'xla'), the
 closed-form arithmetic in :mod:`cnn_jax.ops.formulas`, pooling in
-:mod:`cnn_jax.ops.pooling` and hand-designed kernels in :mod:`cnn_jax.ops.kernels`.
+:mod:`cnn_jax.ops.pooling`, hand-designed kernels in :mod:`cnn_jax.ops.kernels`, and the
+fast CPU path for depthwise convs that the models use in :mod:`cnn_jax.ops.depthwise`.
 """
 
 from cnn_jax.ops.conv import IMPLS, conv1d, conv2d, im2col, resolve_padding

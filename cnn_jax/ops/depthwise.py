@@ -12,9 +12,16 @@ measures both side by side. :func:`conv_general_dilated` is a drop-in replacemen
 ``lax.conv_general_dilated`` that takes this path for NHWC/HWIO depthwise convs on CPU and
 defers to XLA for everything else; models pass it to ``flax.linen.Conv`` through its
 ``conv_general_dilated`` attribute, so parameter names and shapes do not change.
+
+Analysis (MAC counting, receptive fields, XLA cost cross-checks) is about the mathematical
+convolution, not the CPU kernel choice: it traces inside :func:`xla_convs`, under which every
+conv stays one ``conv_general_dilated`` op in the jaxpr.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +31,18 @@ from cnn_jax.ops.conv import _taps
 from cnn_jax.ops.formulas import conv_output_size
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
+_FORCE_XLA = contextvars.ContextVar("cnn_jax_depthwise_force_xla", default=False)
+
+
+@contextlib.contextmanager
+def xla_convs():
+  """Within this context (this thread/task only), :func:`conv_general_dilated` always calls
+  ``lax.conv_general_dilated``: traced jaxprs then hold one conv op per convolution."""
+  token = _FORCE_XLA.set(True)
+  try:
+    yield
+  finally:
+    _FORCE_XLA.reset(token)
 
 
 def _is_nhwc(lhs_shape, rhs_shape, dimension_numbers) -> bool:
@@ -82,14 +101,14 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   """``lax.conv_general_dilated`` with depthwise convs on CPU done by :func:`depthwise_conv_taps`.
 
   Same arguments and result as ``jax.lax.conv_general_dilated``. The tap path is taken when
-  the default backend is CPU, the layout is NHWC/HWIO, ``feature_group_count == C_in ==
+  not inside :func:`xla_convs`, the default backend is CPU, the layout is NHWC/HWIO, ``feature_group_count == C_in ==
   C_out`` (``rhs`` is ``(K_h, K_w, 1, C)``), there is no ``lhs_dilation`` or
   ``batch_group_count`` and padding is non-negative; everything else (and every convolution
   on GPU/TPU, where XLA's own depthwise kernels are the fast path) goes to
   ``lax.conv_general_dilated`` unchanged.
   """
   rhs_dilation = tuple(rhs_dilation or (1,) * (lhs.ndim - 2))
-  taps = (jax.default_backend() == "cpu" and lhs.ndim == 4
+  taps = (not _FORCE_XLA.get() and jax.default_backend() == "cpu" and lhs.ndim == 4
           and _is_nhwc(lhs.shape, rhs.shape, dimension_numbers)
           and feature_group_count == lhs.shape[-1] == rhs.shape[-1] and rhs.shape[2] == 1
           and batch_group_count == 1 and all(v == 1 for v in (lhs_dilation or (1, 1)))
