@@ -8,9 +8,9 @@ Run (offline, with the JPEG copy of CIFAR-10)::
   CNN_JAX_CIFAR10_DIR=../shared/data/cifar10-jpeg \
     python -m cnn_jax.train --config configs/cifar10_small_cnn.py --workdir runs/small_cnn
 
-Expected: see experiments/cifar10_small_cnn_15ep/ for the logged run of this config. The
-model has no BatchNorm and no dropout, so its flatten -> dense head overfits: train
-accuracy runs well ahead of test accuracy.
+Expected: 79.04% test top-1 (experiments/cifar10_small_cnn_15ep/, logged run of this config;
+about 1,100 train images/s on a 2-core CPU). With crop + flip the model under-fits at 15
+epochs (train accuracy on augmented images 80.3%).
 """
 
 from cnn_jax.config import base_config
