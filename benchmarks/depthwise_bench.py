@@ -11,6 +11,7 @@ Usage::
 
 import argparse
 import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
