@@ -38,11 +38,18 @@ def test_taps_equal_xla_values_and_gradients(k, s, p, d):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_drop_in_takes_taps_only_for_depthwise(monkeypatch):
+@pytest.fixture
+def taps_calls(monkeypatch):
+  """A list that grows by one at each call of the tap path (which still runs)."""
   calls = []
   real = depthwise.depthwise_conv_taps
   monkeypatch.setattr(depthwise, "depthwise_conv_taps",
                       lambda *a, **kw: calls.append(1) or real(*a, **kw))
+  return calls
+
+
+def test_drop_in_takes_taps_only_for_depthwise(taps_calls):
+  calls = taps_calls
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(1, 8, 8, 4)), jnp.float32)
   dn = lax.conv_dimension_numbers(x.shape, (3, 3, 1, 4), DN)  # what flax passes
@@ -76,15 +83,12 @@ def test_wrong_kernel_shape_is_named():
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2_cifar", "convnextv2_atto_cifar"])
-def test_models_match_xla_depthwise(name, monkeypatch):
+def test_models_match_xla_depthwise(name, taps_calls):
   """The same variables give the same logits with the tap path and with XLA's conv."""
   model = models.create(name, num_classes=10)
   x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 32, 32, 3)), jnp.float32)
   variables = model.init(jax.random.key(0), x, train=False)
-  calls = []
-  real = depthwise.depthwise_conv_taps
-  monkeypatch.setattr(depthwise, "depthwise_conv_taps",
-                      lambda *a, **kw: calls.append(1) or real(*a, **kw))
+  calls = taps_calls
   fast = model.apply(variables, x, train=False)
   n_taps = len(calls)
   assert n_taps > 0  # the model's depthwise convs took the tap path
@@ -101,3 +105,9 @@ def test_analysis_sees_one_conv_op_per_depthwise_conv():
   layer = ConvBNAct(features=16, kernel_size=3, stride=2, groups=16)
   assert count_macs(layer, (8, 8, 16)) == 3 * 3 * 16 * 4 * 4
   assert depthwise._FORCE_XLA.get() is False  # the context was left
+
+
+def test_negative_padding_is_named():
+  with pytest.raises(ValueError, match="padding must be >= 0"):
+    depthwise.depthwise_conv_taps(jnp.ones((1, 4, 4, 3)), jnp.ones((3, 3, 1, 3)), (1, 1),
+                                  ((-1, 1), (1, 1)))

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cnn_jax.ops.conv import _taps
+from cnn_jax.ops.conv import _taps, resolve_padding
 from cnn_jax.ops.formulas import conv_output_size
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -69,21 +69,15 @@ def depthwise_conv_taps(x: jax.Array, w: jax.Array, strides=(1, 1), padding="VAL
     ``(N, H_out, W_out, C)`` with ``H_out = floor((H + p_t + p_b - d_h (K_h - 1) - 1) / s_h) + 1``.
 
   Raises:
-    ValueError: ``w`` is not ``(K_h, K_w, 1, C)`` for ``C = x.shape[-1]``, or a padding is
-      negative.
+    ValueError: ``w`` is not ``(K_h, K_w, 1, C)`` for ``C = x.shape[-1]``, or a padding
+      :func:`cnn_jax.ops.conv.resolve_padding` rejects (e.g. negative).
   """
   if x.ndim != 4 or w.ndim != 4 or w.shape[2] != 1 or w.shape[3] != x.shape[3]:
     raise ValueError(f"depthwise_conv_taps: expected x (N, H, W, C) and w (K_h, K_w, 1, C), "
                      f"got x {x.shape} and w {w.shape}")
   s, d = tuple(strides), tuple(dilation)
   kh, kw = w.shape[:2]
-  if isinstance(padding, str):
-    pads = lax.padtype_to_pads(x.shape[1:3], ((kh - 1) * d[0] + 1, (kw - 1) * d[1] + 1), s,
-                               padding)
-  else:
-    pads = [tuple(p) for p in padding]
-  if any(p < 0 for pair in pads for p in pair):
-    raise ValueError(f"depthwise_conv_taps: negative padding {pads} is not supported")
+  pads = resolve_padding(padding, x.shape[1:3], (kh, kw), s, d)
   ho = conv_output_size(x.shape[1], kh, s[0], pads[0], d[0])
   wo = conv_output_size(x.shape[2], kw, s[1], pads[1], d[1])
   out_dtype = preferred_element_type or jnp.result_type(x, w)
