@@ -2,7 +2,8 @@
 
 Measures, side by side in one process (the machine is shared and noisy: read the ratios),
 (1) single depthwise layers at the shapes of mobilenet_v2_cifar and convnextv2_atto_cifar,
-forward and forward+backward, and (2) whole jitted train steps of those models at batch 128.
+forward and forward+backward (plus, for reference, the tap path's forward with the backward
+pass autodiff derives from it instead of its custom VJP), and (2) whole jitted train steps of those models at batch 128.
 The XLA path is forced with ``cnn_jax.ops.depthwise.xla_convs()``.
 Usage::
 
@@ -10,6 +11,7 @@ Usage::
 """
 
 import argparse
+import functools
 import time
 
 import jax
@@ -20,6 +22,7 @@ from jax import lax
 from cnn_jax import models, optim, steps
 from cnn_jax.config import base_config
 from cnn_jax.ops import depthwise
+from cnn_jax.ops.conv import resolve_padding
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -30,6 +33,14 @@ def _time(fn, *args, n):
   for _ in range(n):
     jax.block_until_ready(fn(*args))
   return (time.perf_counter() - t) / n
+
+
+def _autodiff(x, w, s):
+  """The tap sum with the backward pass jax derives from it (no custom VJP), for reference."""
+  pads = resolve_padding("SAME", x.shape[1:3], w.shape[:2], (s, s), (1, 1))
+  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  return depthwise._tap_sum(xp, w, *depthwise._out_hw(x.shape, w.shape, (s, s), pads, (1, 1)),  # pylint: disable=protected-access
+                            (s, s), (1, 1), x.dtype)
 
 
 def layer_rows(batch, n):
@@ -47,13 +58,15 @@ def layer_rows(batch, n):
                                                       feature_group_count=x.shape[-1])
     taps = lambda x, w, s=s: depthwise.depthwise_conv_taps(x, w, (s, s), "SAME")
     out = {}
-    for name, f in [("xla", xla), ("taps", taps)]:
+    for name, f in [("xla", xla), ("taps", taps), ("autodiff", functools.partial(_autodiff, s=s))]:
       fwd = jax.jit(f)
       both = jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), argnums=(0, 1)))
       out[name] = (_time(fwd, x, w, n=n), _time(both, x, w, n=n))
     print(f"{label:40s} fwd {1e3 * out['xla'][0]:7.1f} vs {1e3 * out['taps'][0]:6.1f} ms "
           f"({out['xla'][0] / out['taps'][0]:4.1f}x)   fwd+bwd {1e3 * out['xla'][1]:7.1f} vs "
-          f"{1e3 * out['taps'][1]:6.1f} ms ({out['xla'][1] / out['taps'][1]:4.1f}x)")
+          f"{1e3 * out['taps'][1]:6.1f} ms ({out['xla'][1] / out['taps'][1]:4.1f}x)   "
+          f"[taps fwd+bwd with autodiff's backward instead of the custom VJP: "
+          f"{1e3 * out['autodiff'][1]:6.1f} ms]")
 
 
 def step_time(name, batch, n):

@@ -23,7 +23,9 @@ def _xla(x, w, s, p, d):
     (3, (2, 2), "SAME", (1, 1)),          # MobileNet stride-2 depthwise
     (7, (1, 1), ((3, 3), (3, 3)), (1, 1)),  # ConvNeXt
     (3, (1, 2), ((2, 0), (1, 1)), (2, 2)),  # asymmetric padding, dilation 2
-    (5, (2, 2), "VALID", (1, 1)),
+    (5, (2, 2), "VALID", (1, 1)),           # last input column unused: zero gradient
+    (3, (2, 2), ((3, 1), (0, 4)), (1, 1)),  # padding beyond (K-1)*d (cropped in backward)
+    (3, (2, 2), "SAME", (2, 2)),            # stride and dilation together
 ])
 def test_taps_equal_xla_values_and_gradients(k, s, p, d):
   rng = np.random.default_rng(k)
@@ -36,6 +38,23 @@ def test_taps_equal_xla_values_and_gradients(k, s, p, d):
   g_xla = jax.grad(loss(_xla), argnums=(0, 1))(x, w)
   for a, b in zip(g_taps, g_xla):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_gradients_odd_batch_and_bfloat16():
+  """An odd batch (the kernel gradient scans 2-image chunks) and bf16 gradients."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(3, 7, 7, 5)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 1, 5)), jnp.float32)
+  args = ((2, 2), "SAME", (1, 1))
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w, *args)))
+  want = jax.grad(loss(_xla), argnums=(0, 1))(x, w)
+  got = jax.grad(loss(depthwise.depthwise_conv_taps), argnums=(0, 1))(x, w)
+  got16 = jax.grad(loss(depthwise.depthwise_conv_taps), argnums=(0, 1))(
+      x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+  for a, a16, b in zip(got, got16, want):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert a16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(a16.astype(jnp.float32), b, rtol=5e-2, atol=2e-1)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,7 @@ from cnn_jax.ops.conv import _taps, resolve_padding
 from cnn_jax.ops.formulas import conv_output_size
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
+_DW_CHUNK = 2  # images per step of the kernel-gradient scan (see _taps_conv_bwd)
 _FORCE_XLA = contextvars.ContextVar("cnn_jax_depthwise_force_xla", default=False)
 
 
@@ -65,6 +67,9 @@ def depthwise_conv_taps(x: jax.Array, w: jax.Array, strides=(1, 1), padding="VAL
     preferred_element_type: output dtype; default ``jnp.result_type(x, w)``. Products are
       accumulated in float32 (or wider) whatever the input dtype, as XLA's conv does.
 
+  Differentiable in reverse mode (``jax.grad``/``jax.vjp``) through a custom VJP whose
+  input and kernel gradients are tap sums too; forward mode (``jax.jvp``) is not defined.
+
   Returns:
     ``(N, H_out, W_out, C)`` with ``H_out = floor((H + p_t + p_b - d_h (K_h - 1) - 1) / s_h) + 1``.
 
@@ -76,17 +81,79 @@ def depthwise_conv_taps(x: jax.Array, w: jax.Array, strides=(1, 1), padding="VAL
     raise ValueError(f"depthwise_conv_taps: expected x (N, H, W, C) and w (K_h, K_w, 1, C), "
                      f"got x {x.shape} and w {w.shape}")
   s, d = tuple(strides), tuple(dilation)
-  kh, kw = w.shape[:2]
-  pads = resolve_padding(padding, x.shape[1:3], (kh, kw), s, d)
-  ho = conv_output_size(x.shape[1], kh, s[0], pads[0], d[0])
-  wo = conv_output_size(x.shape[2], kw, s[1], pads[1], d[1])
-  out_dtype = preferred_element_type or jnp.result_type(x, w)
+  pads = resolve_padding(padding, x.shape[1:3], w.shape[:2], s, d)
+  out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(x, w))
+  return _taps_conv(x, w, s, tuple(map(tuple, pads)), d, out_dtype)
+
+
+def _tap_sum(xp, w, ho, wo, s, d, out_dtype):
+  """``sum_{m,k} view_{m,k}(xp) * w[m, k, 0]`` accumulated in float32 (or wider)."""
   acc_dtype = jnp.promote_types(out_dtype, jnp.float32)
-  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-  acc = jnp.zeros((x.shape[0], ho, wo, x.shape[3]), acc_dtype)
-  for (m, k), view in _taps(xp, kh, kw, ho, wo, s, d):
+  acc = jnp.zeros((xp.shape[0], ho, wo, xp.shape[3]), acc_dtype)
+  for (m, k), view in _taps(xp, w.shape[0], w.shape[1], ho, wo, s, d):
     acc = acc + view.astype(acc_dtype) * w[m, k, 0].astype(acc_dtype)
   return acc.astype(out_dtype)
+
+
+def _out_hw(x_shape, w_shape, s, pads, d):
+  return tuple(conv_output_size(x_shape[1 + a], w_shape[a], s[a], pads[a], d[a])
+               for a in (0, 1))
+
+
+# Autodiff of the tap sum gives an input gradient of K*K zero-padded, input-sized scatters
+# and a kernel gradient of K*K whole-tensor reductions, which left the tap path's fwd+bwd
+# far behind its forward. The VJP below computes the input gradient as one more tap sum and
+# the kernel gradient chunk by chunk. Reverse mode only: jax.jvp/jacfwd of it raise.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _taps_conv(x, w, s, pads, d, out_dtype):
+  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  return _tap_sum(xp, w, *_out_hw(x.shape, w.shape, s, pads, d), s, d, out_dtype)
+
+
+def _taps_conv_fwd(x, w, s, pads, d, out_dtype):
+  return _taps_conv(x, w, s, pads, d, out_dtype), (x, w)
+
+
+def _taps_conv_bwd(s, pads, d, out_dtype, res, g):
+  """Input and kernel gradients of ``out = sum_{m,k} view_{m,k}(pad(x)) * w[m, k]``.
+
+  Input: ``dx[h] = sum_m g_s[h + p_t - m d]  w[m]`` where ``g_s`` is ``g`` with ``s - 1``
+  zeros between rows (the transpose of a stride-``s`` slice): a stride-1 tap sum of
+  ``g_s``, padded by ``(K - 1) d - p_t`` in front (cropped where negative), with the
+  flipped kernel (columns alike). Kernel: ``dw[m, k] = sum_{n,i,j} g * view_{m,k}(pad(x))``,
+  one reduction per tap.
+  """
+  x, w = res
+  kh, kw = w.shape[:2]
+  ho, wo = g.shape[1:3]
+  lo = [(k - 1) * dd - p[0] for k, dd, p in zip((kh, kw), d, pads)]
+  hi = [x.shape[1 + a] + pads[a][0] - (g.shape[1 + a] - 1) * s[a] - 1 for a in (0, 1)]
+  g_s = lax.pad(g, jnp.zeros((), g.dtype),
+                ((0, 0, 0), (lo[0], hi[0], s[0] - 1), (lo[1], hi[1], s[1] - 1), (0, 0, 0)))
+  dx = _tap_sum(g_s, w[::-1, ::-1], x.shape[1], x.shape[2], (1, 1), d, x.dtype)
+
+  # K*K reductions over whole (N, H, W, C) tensors stream x and g from memory K*K times;
+  # scanning over chunks of _DW_CHUNK images keeps each chunk in cache for all taps
+  # (2.4x less CPU time for 32x32x96 3x3, 3.9x for 16x16x40 7x7 at batch 128, measured
+  # against the unchunked sum on the 2-core CPU; 2 images beat 1, 4 and 8).
+  acc_dtype = jnp.promote_types(g.dtype, jnp.float32)
+  extra = -x.shape[0] % _DW_CHUNK  # zero images add nothing to the sums
+  xp = jnp.pad(x, ((0, extra), pads[0], pads[1], (0, 0)))
+  gp = jnp.pad(g, ((0, extra), (0, 0), (0, 0), (0, 0)))
+
+  def chunk_sums(acc, chunk):
+    xc, gc = chunk
+    gc = gc.astype(acc_dtype)
+    return acc + jnp.stack([jnp.sum(view.astype(acc_dtype) * gc, axis=(0, 1, 2))
+                            for _, view in _taps(xc, kh, kw, ho, wo, s, d)]), None
+
+  split = lambda a: a.reshape(-1, _DW_CHUNK, *a.shape[1:])
+  dw, _ = lax.scan(chunk_sums, jnp.zeros((kh * kw, x.shape[3]), acc_dtype),
+                   (split(xp), split(gp)))
+  return dx, dw.reshape(w.shape).astype(w.dtype)
+
+
+_taps_conv.defvjp(_taps_conv_fwd, _taps_conv_bwd)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
