@@ -3,7 +3,8 @@
 Measures, side by side in one process (the machine is shared and noisy: read the ratios),
 (1) single depthwise layers at the shapes of mobilenet_v2_cifar and convnextv2_atto_cifar,
 forward and forward+backward (plus, for reference, the tap path's forward with the backward
-pass autodiff derives from it instead of its custom VJP), and (2) whole jitted train steps of those models at batch 128.
+pass autodiff derives from it instead of its custom VJP), and (2) whole jitted train steps of
+those models at batch 128.
 The XLA path is forced with ``cnn_jax.ops.depthwise.xla_convs()``.
 Usage::
 

@@ -9,10 +9,10 @@ Run (offline, with the JPEG copy of CIFAR-10)::
 
 Expected: about 93-94% test top-1 (kuangliu/pytorch-cifar reports 94.43% for its
 MobileNetV2 after 200 cosine epochs with this optimizer; 60 epochs typically land ~1 point
-lower). Not yet run in this repository: on a 2-core CPU a train step of batch 128 takes
-~4.7 s even with the tap path for depthwise convs (27 images/s, ~30 min per epoch;
-``benchmarks/depthwise_bench.py``; XLA's own grouped conv: 9 images/s), so it wants an
-accelerator.
+lower). Not yet run to the end in this repository: on a 2-core CPU it trains at 60 images/s
+with the tap path for depthwise convs (~14 min per epoch, ~14 h for 60 epochs), so it wants
+an accelerator. Logged: a 1-epoch schedule (``--config.num_epochs=1
+--config.optim.warmup_epochs=0.1``) reached 56.95% (experiments/cifar10_mobilenet_v2_1ep/).
 
 Why these settings: weight decay 5e-4 rather than the paper's ImageNet 4e-5 (RMSProp)
 because CIFAR-10 has 50k images for a 2.2M-parameter network, the overfitting regime where

@@ -58,6 +58,9 @@ def depthwise_conv_taps(x: jax.Array, w: jax.Array, strides=(1, 1), padding="VAL
                         dilation=(1, 1), preferred_element_type=None) -> jax.Array:
   """Depthwise 2-D convolution by shifted elementwise products (see the module docstring).
 
+  Differentiable in reverse mode (``jax.grad``/``jax.vjp``) through a custom VJP whose
+  input and kernel gradients are tap sums too; forward mode (``jax.jvp``) is not defined.
+
   Args:
     x: ``(N, H, W, C)`` input, NHWC.
     w: ``(K_h, K_w, 1, C)`` kernel, HWIO with one input channel per group.
@@ -66,9 +69,6 @@ def depthwise_conv_taps(x: jax.Array, w: jax.Array, strides=(1, 1), padding="VAL
     dilation: ``(d_h, d_w)`` kernel dilation (``rhs_dilation``), pixels.
     preferred_element_type: output dtype; default ``jnp.result_type(x, w)``. Products are
       accumulated in float32 (or wider) whatever the input dtype, as XLA's conv does.
-
-  Differentiable in reverse mode (``jax.grad``/``jax.vjp``) through a custom VJP whose
-  input and kernel gradients are tap sums too; forward mode (``jax.jvp``) is not defined.
 
   Returns:
     ``(N, H_out, W_out, C)`` with ``H_out = floor((H + p_t + p_b - d_h (K_h - 1) - 1) / s_h) + 1``.
