@@ -25,8 +25,7 @@ from typing import Callable
 import jax
 from jax.extend import core as jax_core
 
-from cnn_jax.analysis.tracing import tags_of
-from cnn_jax.ops import depthwise
+from cnn_jax.analysis.tracing import conv_jaxpr, tags_of
 
 
 def _valid_taps(n: int, k: int, out: int, stride: int, pad_lo: int, rhs_dil: int,
@@ -172,6 +171,4 @@ def jaxpr_macs(fn: Callable, *args, count_padding: bool = True, **kwargs) -> int
   Returns:
     Total conv + dot_general MACs of one call (whole batch), a Python int.
   """
-  with depthwise.xla_convs():  # one conv op per convolution, whatever the backend
-    closed = jax.make_jaxpr(fn)(*args, **kwargs)
-  return sum(macs_by_tag(closed.jaxpr, count_padding=count_padding).values())
+  return sum(macs_by_tag(conv_jaxpr(fn, *args, **kwargs).jaxpr, count_padding=count_padding).values())

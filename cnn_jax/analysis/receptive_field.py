@@ -37,8 +37,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jax_core
 
-from cnn_jax.analysis.tracing import tags_of, trace_model
-from cnn_jax.ops import depthwise
+from cnn_jax.analysis.tracing import conv_jaxpr, tags_of, trace_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -452,8 +451,7 @@ def receptive_field_of_fn(fn: Callable, x_shape: tuple[int, ...],
   Returns:
     :class:`RFResult` (``modules`` is empty; rows have path '').
   """
-  with depthwise.xla_convs():  # one conv op per convolution, whatever the backend
-    closed = jax.make_jaxpr(fn)(jax.ShapeDtypeStruct(tuple(x_shape), jnp.float32))
+  closed = conv_jaxpr(fn, jax.ShapeDtypeStruct(tuple(x_shape), jnp.float32))
   walker = _Walker([])
   in_field = _identity_field(len(x_shape), tuple(spatial_axes))
   return _result(walker, walker.run(closed.jaxpr, [in_field]), in_field)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -95,6 +95,21 @@ def placeholders(model: nn.Module, input_shape, batch: int = 1, dtype=jnp.float3
   return variables, x
 
 
+def conv_jaxpr(fn: Callable, *args, **kwargs):
+  """``jax.make_jaxpr(fn)(*args, **kwargs)`` with every convolution as one
+  ``conv_general_dilated`` op, whatever the backend.
+
+  Analysis (MACs, receptive fields, layer tables) is about the mathematical convolution:
+  the trace runs inside :func:`cnn_jax.ops.depthwise.xla_convs`, so the CPU tap path for
+  depthwise convs does not show up as ``K*K`` multiplies and adds.
+
+  Returns:
+    The ``ClosedJaxpr``.
+  """
+  with depthwise.xla_convs():
+    return jax.make_jaxpr(fn)(*args, **kwargs)
+
+
 def trace_model(model: nn.Module, input_shape=(32, 32, 3), batch: int = 1,
                 dtype=jnp.float32) -> TracedModel:
   """Traces ``model.apply(v, x, train=False)`` with every module call tagged.
@@ -141,6 +156,4 @@ def trace_model(model: nn.Module, input_shape=(32, 32, 3), batch: int = 1,
     with nn.intercept_methods(interceptor):
       return model.apply(v, x, train=False)
 
-  with depthwise.xla_convs():  # one conv op per convolution, whatever the backend
-    closed = jax.make_jaxpr(fwd)(variables, x)
-  return TracedModel(closed, calls, variables, x)
+  return TracedModel(conv_jaxpr(fwd, variables, x), calls, variables, x)
