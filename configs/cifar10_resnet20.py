@@ -18,6 +18,9 @@ from cnn_jax.config import base_config
 def get_config():
   c = base_config()
   c.model.name = "resnet20"
+  # Listed so the command line can override them (config_flags cannot add keys).
+  c.model.kwargs.shortcut = "A"
+  c.model.kwargs.zero_init_last_bn = False
   c.batch_size = 128
   c.num_epochs = 30
   c.optim.lr = 0.1
