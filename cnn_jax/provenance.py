@@ -16,6 +16,10 @@ import jax
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 
+# The keys of run_provenance(), in order; cnn_jax.report copies these from a start record.
+KEYS = ("git_commit", "git_dirty", "git_dirty_files", "jax", "jaxlib", "python", "device_kind",
+        "device_count", "cpu", "cpu_count", "xla_flags")
+
 
 def _git(*args: str) -> str | None:
   try:
@@ -23,7 +27,7 @@ def _git(*args: str) -> str | None:
                          timeout=10, check=True)
   except (OSError, subprocess.SubprocessError):
     return None  # not a git checkout (e.g. a wheel install) or git missing
-  return out.stdout.strip()
+  return out.stdout.rstrip("\n")  # not strip(): porcelain lines start with a status column
 
 
 def cpu_model() -> str:
@@ -40,8 +44,10 @@ def cpu_model() -> str:
 def run_provenance() -> dict:
   """Returns a JSON-serialisable dict describing this process's code and hardware.
 
-  Keys: ``git_commit`` (40-hex SHA or None outside a git checkout), ``git_dirty`` (True
-  when tracked files differ from that commit; None outside git), ``jax``, ``jaxlib``,
+  Keys (:data:`KEYS`): ``git_commit`` (40-hex SHA or None outside a git checkout),
+  ``git_dirty`` (True when tracked files differ from that commit; None outside git),
+  ``git_dirty_files`` (those files' repository paths, so a dirty mark can be checked: a
+  README edit is not a code change; None outside git), ``jax``, ``jaxlib``,
   ``python`` (versions), ``device_kind`` (e.g. ``'cpu'``, ``'TPU v5 lite'``),
   ``device_count`` (global), ``cpu`` (host CPU model), ``cpu_count`` (logical CPUs visible to
   this process), ``xla_flags`` (the ``XLA_FLAGS`` environment variable, '' if unset).
@@ -49,6 +55,8 @@ def run_provenance() -> dict:
   import jaxlib  # pylint: disable=g-import-not-at-top
   commit = _git("rev-parse", "HEAD")
   status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+  # Porcelain v1 lines are 'XY path' (or 'XY old -> new' for renames).
+  dirty_files = None if status is None else [ln[3:] for ln in status.splitlines()]
   try:
     n_cpu = len(os.sched_getaffinity(0))
   except AttributeError:  # not Linux
@@ -56,6 +64,7 @@ def run_provenance() -> dict:
   return {
       "git_commit": commit,
       "git_dirty": None if status is None else bool(status),
+      "git_dirty_files": dirty_files,
       "jax": jax.__version__,
       "jaxlib": jaxlib.__version__,
       "python": platform.python_version(),

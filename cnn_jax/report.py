@@ -15,11 +15,8 @@ import json
 import pathlib
 import statistics
 
+from cnn_jax import provenance
 from cnn_jax.metric_writer import read_jsonl
-
-# Keys of cnn_jax.provenance.run_provenance() copied from the (last) start record.
-_PROVENANCE = ("git_commit", "git_dirty", "jax", "jaxlib", "device_kind", "cpu", "cpu_count",
-               "xla_flags")
 
 
 def summarize(metrics_path: str | pathlib.Path) -> dict:
@@ -57,7 +54,7 @@ def summarize(metrics_path: str | pathlib.Path) -> dict:
       "data_source": starts[0].get("data_source") if starts else None,
       "platform": starts[0].get("platform") if starts else None,
       "devices": starts[0].get("devices") if starts else None,
-      **{k: starts[-1].get(k) for k in _PROVENANCE if starts and k in starts[-1]},
+      **{k: starts[-1].get(k) for k in provenance.KEYS if starts and k in starts[-1]},
       "segments": len(starts),
       "steps": final["step"],
       "epochs": final["epoch"],

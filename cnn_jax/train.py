@@ -79,6 +79,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   t_start = time.time()
   validate(config)
+  # Now, not after data loading: git status must describe the code this process started from.
+  prov = provenance.run_provenance()
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -126,7 +128,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer.write({"event": "start", "step": start_step, "model": config.model.name,
                 "num_params": n_params, "data_source": ds.source, "devices": mesh.devices.size,
                 "platform": jax.devices()[0].platform, "process_count": jax.process_count(),
-                **provenance.run_provenance()})
+                **prov})
 
   common = dict(num_classes=ds.num_classes, mean=ds.mean, std=ds.std, dtype=dtype)
   ghost = config.batchnorm_stats == "per_device"

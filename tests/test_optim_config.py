@@ -1,6 +1,7 @@
 """Optimizer factory, schedules, weight-decay mask, config validation and CLI overrides."""
 
 import math
+import pathlib
 import subprocess
 import sys
 
@@ -106,7 +107,8 @@ def test_validate_errors_name_the_key():
 
 def test_check_overrides(tmp_path):
   check_overrides(["--config", "configs/cifar10_resnet20.py", "--config.optim.lr=0.05",
-                   "--config.model.name=cifar10_cnn"])
+                   "--config.model.name=cifar10_cnn",
+                   "--config.model.kwargs.zero_init_last_bn=True"])
   with pytest.raises(SystemExit, match="'optim.lrr'.*optim.lr"):
     check_overrides(["--config=configs/cifar10_resnet20.py", "--config.optim.lrr=0.05"])
 
@@ -120,7 +122,12 @@ def test_cli_unknown_key_is_one_clear_line():
   assert "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("path", ["configs/cifar10_resnet20.py", "configs/cifar10_cnn.py"])
+_CONFIGS = sorted(pathlib.Path(__file__).resolve().parents[1].glob("configs/*.py"))
+
+
+@pytest.mark.parametrize("path", [str(p) for p in _CONFIGS], ids=[p.stem for p in _CONFIGS])
 def test_config_files_validate(path):
-  from cnn_jax.config import load_config_file
-  validate(load_config_file(path))
+  from cnn_jax.config import load_config_file  # pylint: disable=g-import-not-at-top
+  c = validate(load_config_file(path))
+  # Model kwargs are not in base_config, so only the model can reject a misspelt one.
+  models.create(c.model.name, num_classes=10, **c.model.kwargs.to_dict())

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import models, optim, report, steps, train
+from cnn_jax import models, optim, provenance, report, steps, train
 from cnn_jax.config import base_config
 from cnn_jax.data import DataError
 from cnn_jax.metric_writer import read_jsonl
@@ -113,6 +113,12 @@ def test_end_to_end_logs_checkpoints_and_resumes(cifar10_dir, cache_dir, tmp_pat
   git_head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
                             text=True, check=False).stdout.strip()
   assert start["git_commit"] == (git_head or None)
+  if git_head:  # the dirty list, checked against a different git command
+    changed = subprocess.run(["git", "-C", str(REPO), "diff", "--name-only", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(start["git_dirty_files"]) == sorted(changed)
+    assert start["git_dirty"] == bool(changed)
+  assert set(start) >= set(provenance.KEYS)
   summary = report.summarize(tmp_path / "a" / "metrics.jsonl")
   assert summary["final_test_accuracy"] == evals[-1]["test_accuracy"]
   assert summary["test_count"] == 70 and summary["git_commit"] == start["git_commit"]
