@@ -126,17 +126,24 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, num_c
 
 
 def make_eval_step(model: nn.Module, *, num_classes: int, mean, std,
-                   dtype=jnp.float32) -> Callable:
+                   dtype=jnp.float32, flip_tta: bool = False) -> Callable:
   """Returns ``eval_step(state, images, labels, mask) -> sums``.
 
-  ``mask`` (float32 ``(N,)``, 1 for real examples, 0 for padding) lets the last batch be
-  padded to full size; the step returns *sums* (``loss_sum``, ``correct``, ``count``) so the
-  caller divides totals once: every test example counts exactly once, never a mean of
-  batch means.
+  ``images`` uint8 ``(N, H, W, C)``, ``labels`` int ``(N,)``. ``mask`` (float32 ``(N,)``, 1
+  for real examples, 0 for padding) lets the last batch be padded to full size; the step
+  returns *sums* (``loss_sum``, ``correct``, ``count``) so the caller divides totals once:
+  every test example counts exactly once, never a mean of batch means.
+
+  ``flip_tta``: test-time augmentation by horizontal flip, the logits being the mean of the
+  image's and its mirror's (as airbench's TTA level 1: Jordan 2024, "94% on CIFAR-10 in
+  3.29 Seconds on a Single GPU", arXiv:2404.00498). It doubles the evaluation cost and is not the plain
+  single-view top-1 that training logs.
   """
   def eval_step(state: TrainState, images, labels, mask):
     x = augment.normalize(images, mean, std, dtype)
     logits = model.apply(state.variables(), x, train=False)
+    if flip_tta:
+      logits = 0.5 * (logits + model.apply(state.variables(), x[:, :, ::-1, :], train=False))
     loss = cross_entropy(logits, labels, num_classes)
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     return {"loss_sum": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask),

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cnn_jax import evaluate as cnn_evaluate
 from cnn_jax import models, optim, provenance, report, steps, train
 from cnn_jax.config import base_config
 from cnn_jax.data import DataError
@@ -72,6 +73,15 @@ def test_evaluation_counts_every_example_once():
   np.testing.assert_allclose(got["test_accuracy"], np.mean(logits.argmax(1) == np.asarray(y)))
   np.testing.assert_allclose(got["test_loss"], -logp[np.arange(37), np.asarray(y)].mean(),
                              rtol=1e-5)
+  # Flip TTA: the mean of the logits of each image and its mirror (flipped here in NumPy).
+  tta_step = jax.jit(steps.make_eval_step(model, num_classes=10, mean=mean, std=std,
+                                          flip_tta=True))
+  tta = train.evaluate(tta_step, state, np.asarray(x), np.asarray(y), 16, sharding)
+  mirrored = np.asarray(x, np.float32)[:, :, ::-1, :].copy()
+  logits_tta = 0.5 * (logits + np.asarray(model.apply(variables, (mirrored - mean) / std)))
+  np.testing.assert_allclose(tta["test_accuracy"],
+                             np.mean(logits_tta.argmax(1) == np.asarray(y)))
+  assert tta["test_count"] == 37 and tta["test_loss"] != got["test_loss"]
 
 
 def test_epoch_permutation_is_fresh_and_reproducible():
@@ -162,6 +172,19 @@ def test_end_to_end_logs_checkpoints_and_resumes(cifar10_dir, cache_dir, tmp_pat
   again = train.train_and_evaluate(cfg, str(tmp_path / "b"))
   assert again["step"] == 6
   np.testing.assert_allclose(again["test_loss"], full["test_loss"], rtol=1e-5)
+
+  # Re-scoring the newest checkpoint from the workdir alone gives the final evaluation.
+  scored = cnn_evaluate.evaluate_checkpoint(tmp_path / "b")
+  assert scored["step"] == 6 and scored["test_count"] == 70
+  assert scored["test_accuracy"] == full["test_accuracy"]
+  np.testing.assert_allclose(scored["test_loss"], full["test_loss"], rtol=1e-5)
+  # A config.json from before a key joined base_config still loads (the key's default).
+  logged = json.loads((tmp_path / "b" / "config.json").read_text())
+  del logged["tensorboard"]
+  (tmp_path / "b" / "config.json").write_text(json.dumps(logged))
+  assert cnn_evaluate.evaluate_checkpoint(tmp_path / "b")["test_accuracy"] == full["test_accuracy"]
+  with pytest.raises(FileNotFoundError, match="config.json does not exist"):
+    cnn_evaluate.evaluate_checkpoint(tmp_path / "no_run")
 
 
 @pytest.mark.parametrize("key,value,error,match", [
