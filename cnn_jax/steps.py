@@ -136,8 +136,8 @@ def make_eval_step(model: nn.Module, *, num_classes: int, mean, std,
 
   ``flip_tta``: test-time augmentation by horizontal flip, the logits being the mean of the
   image's and its mirror's (as airbench's TTA level 1: Jordan 2024, "94% on CIFAR-10 in
-  3.29 Seconds on a Single GPU", arXiv:2404.00498). It doubles the evaluation cost and is not the plain
-  single-view top-1 that training logs.
+  3.29 Seconds on a Single GPU", arXiv:2404.00498). It doubles the evaluation cost and is
+  not the plain single-view top-1 that training logs.
   """
   def eval_step(state: TrainState, images, labels, mask):
     x = augment.normalize(images, mean, std, dtype)
