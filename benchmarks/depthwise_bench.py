@@ -39,7 +39,8 @@ def _time(fn, *args, n):
 def _autodiff(x, w, s):
   """The tap sum with the backward pass jax derives from it (no custom VJP), for reference."""
   pads = resolve_padding("SAME", x.shape[1:3], w.shape[:2], (s, s), (1, 1))
-  out, _ = depthwise._taps_conv_fwd(x, w, (s, s), pads, (1, 1), x.dtype)  # pylint: disable=protected-access
+  fwd = depthwise._taps_conv_fwd  # pylint: disable=protected-access
+  out, _ = fwd(x, w, (s, s), pads, (1, 1), x.dtype)
   return out
 
 

@@ -16,19 +16,10 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from cnn_jax import checkpoint, data, models, optim, parallel, provenance, steps
+from cnn_jax import checkpoint, data, parallel, provenance, steps
 from cnn_jax.config import base_config, validate
-from cnn_jax.train import evaluate
-
-
-def _merge(defaults: dict, logged: dict) -> dict:
-  """``logged`` over ``defaults``, recursively (nested dicts merge, other values replace)."""
-  out = dict(defaults)
-  for k, v in logged.items():
-    out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-  return out
+from cnn_jax.train import build_run, evaluate
 
 
 def evaluate_checkpoint(workdir: str | pathlib.Path, *, flip_tta: bool = False,
@@ -55,31 +46,28 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, *, flip_tta: bool = False,
     raise FileNotFoundError(f"{cfg_path} does not exist: not a cnn_jax.train workdir")
   if not (workdir / "checkpoints").is_dir():
     raise FileNotFoundError(f"{workdir / 'checkpoints'} does not exist: nothing to evaluate")
-  # Keys added to base_config after the run was made take their defaults.
-  config = validate(ml_collections.ConfigDict(
-      _merge(base_config().to_dict(), json.loads(cfg_path.read_text()))))
+  # Over base_config: keys it gained after the run take their defaults, and values keep its
+  # types (a tuple logged as a JSON list comes back a tuple).
+  config = base_config()
+  config.update(json.loads(cfg_path.read_text()))
+  validate(config)
   if data_dir is not None:
     config.data.dir = data_dir
   ds = data.load(config.data)
   mesh = parallel.data_mesh()
   repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  dtype = jnp.dtype(config.dtype)
-  model = models.create(config.model.name, num_classes=ds.num_classes, dtype=dtype,
-                        **config.model.kwargs.to_dict())
-  # The optimizer state is restored too (it is part of the checkpoint), so build its shape.
-  tx, _ = optim.create_optimizer(config.optim, len(ds.train_labels) // config.batch_size,
-                                 config.num_epochs)
-  init = lambda key: steps.init_state(model, tx, key, ds.train_images.shape[1:])
-  abstract = checkpoint.abstract_like(jax.eval_shape(init, jax.random.key(0)), repl)
+  # The whole train state, optimizer state included, is what the checkpoint holds.
+  run = build_run(config, ds, repl)
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
   try:
-    state = checkpoint.restore_latest(mngr, abstract)
+    state = checkpoint.restore_latest(mngr, run.abstract_state)
   finally:
     mngr.close()
   if state is None:
     raise FileNotFoundError(f"{workdir / 'checkpoints'} holds no checkpoint")
-  eval_step = jax.jit(steps.make_eval_step(model, num_classes=ds.num_classes, mean=ds.mean,
-                                           std=ds.std, dtype=dtype, flip_tta=flip_tta),
+  eval_step = jax.jit(steps.make_eval_step(run.model, num_classes=ds.num_classes, mean=ds.mean,
+                                           std=ds.std, dtype=jnp.dtype(config.dtype),
+                                           flip_tta=flip_tta),
                       out_shardings=repl)
   rec = evaluate(eval_step, state, ds.test_images, ds.test_labels, config.eval_batch_size,
                  batch_sh)

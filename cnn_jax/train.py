@@ -19,11 +19,14 @@ from __future__ import annotations
 import json
 import pathlib
 import time
+from typing import Callable, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import tqdm
 
 from cnn_jax import checkpoint, data, models, optim, parallel, provenance, steps
@@ -60,6 +63,41 @@ def evaluate(eval_step, state, images: np.ndarray, labels: np.ndarray, batch_siz
           "test_accuracy": float(totals["correct"]) / count, "test_count": int(count)}
 
 
+class RunSetup(NamedTuple):
+  """What :func:`build_run` returns."""
+  model: nn.Module
+  tx: optax.GradientTransformation
+  schedule: Callable[[int], float]  # step -> learning rate
+  steps_per_epoch: int
+  init: Callable[[jax.Array], steps.TrainState]  # PRNG key -> fresh train state
+  abstract_state: steps.TrainState  # its jax.ShapeDtypeStruct tree, carrying the sharding
+
+
+def build_run(config: ml_collections.ConfigDict, ds: data.Dataset, sharding) -> RunSetup:
+  """The model, optimizer, schedule and train-state shape of ``config`` on ``ds``.
+
+  Training and :mod:`cnn_jax.evaluate` both build them here, so that a checkpoint is
+  restored into the very tree it was saved from. ``ds`` gives the input shape ``(H, W, C)``,
+  the class count and the number of training examples; ``sharding`` is the state's
+  (replicated).
+
+  Raises:
+    KeyError: unknown model name. TypeError: a ``model.kwargs`` key the model lacks.
+    ValueError: ``batch_size`` exceeds the number of training examples.
+  """
+  n_train = len(ds.train_labels)
+  steps_per_epoch = n_train // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"config key batch_size = {config.batch_size} exceeds the "
+                     f"{n_train} training examples")
+  model = models.create(config.model.name, num_classes=ds.num_classes,
+                        dtype=jnp.dtype(config.dtype), **config.model.kwargs.to_dict())
+  tx, schedule = optim.create_optimizer(config.optim, steps_per_epoch, config.num_epochs)
+  init = lambda key: steps.init_state(model, tx, key, ds.train_images.shape[1:])
+  abstract = checkpoint.abstract_like(jax.eval_shape(init, jax.random.key(config.seed)), sharding)
+  return RunSetup(model, tx, schedule, steps_per_epoch, init, abstract)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config.model.name`` on ``config.data.name``; returns the final metrics.
 
@@ -93,25 +131,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   parallel.check_batch_size(config.batch_size, mesh, "batch_size")
   parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
   n_train = len(ds.train_labels)
-  steps_per_epoch = n_train // config.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f"config key batch_size = {config.batch_size} exceeds the "
-                     f"{n_train} training examples")
+  run = build_run(config, ds, repl)
+  model, tx, schedule, steps_per_epoch = run.model, run.tx, run.schedule, run.steps_per_epoch
   total_steps = steps_per_epoch * config.num_epochs
-
   dtype = jnp.dtype(config.dtype)
-  model = models.create(config.model.name, num_classes=ds.num_classes, dtype=dtype,
-                        **config.model.kwargs.to_dict())
-  tx, schedule = optim.create_optimizer(config.optim, steps_per_epoch, config.num_epochs)
-  input_shape = ds.train_images.shape[1:]
-  init = lambda key: steps.init_state(model, tx, key, input_shape)
-  abstract = jax.eval_shape(init, jax.random.key(config.seed))
-  abstract = checkpoint.abstract_like(abstract, repl)
 
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
-  state = checkpoint.restore_latest(mngr, abstract)
+  state = checkpoint.restore_latest(mngr, run.abstract_state)
   if state is None:
-    state = jax.jit(init, out_shardings=repl)(jax.random.key(config.seed))
+    state = jax.jit(run.init, out_shardings=repl)(jax.random.key(config.seed))
   start_step = int(parallel.to_host(state.step))
 
   writer = MultiWriter(JsonlWriter(workdir),

@@ -171,4 +171,5 @@ def jaxpr_macs(fn: Callable, *args, count_padding: bool = True, **kwargs) -> int
   Returns:
     Total conv + dot_general MACs of one call (whole batch), a Python int.
   """
-  return sum(macs_by_tag(conv_jaxpr(fn, *args, **kwargs).jaxpr, count_padding=count_padding).values())
+  closed = conv_jaxpr(fn, *args, **kwargs)
+  return sum(macs_by_tag(closed.jaxpr, count_padding=count_padding).values())

@@ -166,9 +166,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   Same arguments and result as ``jax.lax.conv_general_dilated``. The tap path is taken when
   not inside :func:`xla_convs`, the default backend is CPU, the layout is NHWC/HWIO,
   ``feature_group_count == C_in == C_out`` (``rhs`` is ``(K_h, K_w, 1, C)``), there is no
-  ``lhs_dilation`` or ``batch_group_count`` and padding is non-negative; everything else (and every convolution
-  on GPU/TPU, where XLA's own depthwise kernels are the fast path) goes to
-  ``lax.conv_general_dilated`` unchanged.
+  ``lhs_dilation`` or ``batch_group_count`` and padding is non-negative; everything else
+  (and every convolution on GPU/TPU, where XLA's own depthwise kernels are the fast path)
+  goes to ``lax.conv_general_dilated`` unchanged.
   """
   rhs_dilation = tuple(rhs_dilation or (1,) * (lhs.ndim - 2))
   taps = (not _FORCE_XLA.get() and jax.default_backend() == "cpu" and lhs.ndim == 4
