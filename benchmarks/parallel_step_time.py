@@ -26,9 +26,11 @@ name, batch, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 mesh = parallel.data_mesh(); repl, bsh = parallel.replicated(mesh), parallel.batch_sharded(mesh)
 model = models.create(name)
 tx, _ = optim.create_optimizer(base_config().optim, 100, 1)
-state = jax.jit(lambda k: steps.init_state(model, tx, k, (32, 32, 3)), out_shardings=repl)(jax.random.key(0))
-step = jax.jit(steps.make_train_step(model, tx, num_classes=10, mean=[128.] * 3, std=[64.] * 3, seed=0),
-               donate_argnums=0, out_shardings=(repl, repl))
+init = lambda k: steps.init_state(model, tx, k, (32, 32, 3))
+state = jax.jit(init, out_shardings=repl)(jax.random.key(0))
+train_step = steps.make_train_step(model, tx, num_classes=10, mean=[128.] * 3, std=[64.] * 3,
+                                   seed=0)
+step = jax.jit(train_step, donate_argnums=0, out_shardings=(repl, repl))
 rng = np.random.default_rng(0)
 x, y = parallel.global_batch(bsh, rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8),
                              rng.integers(0, 10, (batch,), dtype=np.int32))

@@ -142,8 +142,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = jax.jit(run.init, out_shardings=repl)(jax.random.key(config.seed))
   start_step = int(parallel.to_host(state.step))
 
-  writer = MultiWriter(JsonlWriter(workdir),
-                       *([TensorBoardWriter(workdir / "tensorboard")] if config.tensorboard else []))
+  extra = [TensorBoardWriter(workdir / "tensorboard")] if config.tensorboard else []
+  writer = MultiWriter(JsonlWriter(workdir), *extra)
   if is_main:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
   n_params = models.count_params(state.params, None)

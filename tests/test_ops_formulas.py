@@ -37,12 +37,14 @@ def test_output_size_and_same_padding_match_lax():
       y = jax.eval_shape(lambda x, w: lax.conv_general_dilated(  # noqa: B023
           x, w, (s,), [(lo, hi)], rhs_dilation=(d,),
           dimension_numbers=("NWC", "WIO", "NWC")),
-          jax.ShapeDtypeStruct((1, n, 1), jnp.float32), jax.ShapeDtypeStruct((k, 1, 1), jnp.float32))
+          jax.ShapeDtypeStruct((1, n, 1), jnp.float32),
+          jax.ShapeDtypeStruct((k, 1, 1), jnp.float32))
       assert conv_output_size(n, k, s, p, d) == y.shape[1], (n, k, s, p, d)
 
 
 def test_empty_output_error_names_values_and_formula():
-  with pytest.raises(ValueError, match=r"n \+ p_total = 4 \+ 0 = 4 .* d\(k-1\)\+1 = 2\*\(3-1\)\+1 = 5"):
+  expected = r"n \+ p_total = 4 \+ 0 = 4 .* d\(k-1\)\+1 = 2\*\(3-1\)\+1 = 5"
+  with pytest.raises(ValueError, match=expected):
     conv_output_size(4, 3, 1, 0, 2)
   with pytest.raises(ValueError, match="stride must be >= 1, got 0"):
     conv_output_size(8, 3, 0)
