@@ -20,6 +20,13 @@ def manager(workdir: str | pathlib.Path, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(directory, options=options)
 
 
+def saved_steps(workdir: str | pathlib.Path) -> list[int]:
+  """The steps of the complete checkpoints in ``<workdir>/checkpoints`` (ascending; ``[]``
+  when there is none). Unfinished saves (orbax's temporary directories) are not listed."""
+  directory = pathlib.Path(workdir).absolute() / "checkpoints"
+  return sorted(ocp.utils.checkpoint_steps(directory)) if directory.is_dir() else []
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
   """Saves ``state`` (a pytree of ``jax.Array``) as ``step`` (asynchronously)."""
   mngr.save(step, args=ocp.args.StandardSave(state), force=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import json
 import os
 import pathlib
 
@@ -184,3 +185,54 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if list(b) != sorted(b):
     raise ValueError(f"config key optim.boundaries_epochs = {b}; expected increasing values")
   return config
+
+
+# Keys that change how a run is watched, evaluated or stored, not the parameters it trains:
+# a resumed run may change them (e.g. a data folder at another path on another machine).
+RESUME_MAY_CHANGE = ("progress_bar", "tensorboard", "log_every_steps", "eval_every_epochs",
+                     "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints",
+                     "data.dir", "data.cache_dir")
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+  """The config a run logged as ``config.json``, over :func:`base_config`: keys it gained
+  after the run take their defaults, and values keep its types (a tuple logged as a JSON
+  list comes back a tuple).
+
+  Raises:
+    json.JSONDecodeError: ``text`` is not JSON.
+  """
+  config = base_config()
+  config.update(json.loads(text))
+  return config
+
+
+def _flat_values(config: ml_collections.ConfigDict) -> dict:
+  # Through JSON, so that both sides of a comparison have the same types.
+  def flat(d, prefix):
+    out = {}
+    for k, v in d.items():
+      out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+  return flat(json.loads(config.to_json_best_effort()), "")
+
+
+def check_resume(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+                 where: str = "config.json") -> None:
+  """Checks that ``config`` continues the run that ``saved`` (its logged config) started.
+
+  A checkpoint resumed under another learning rate, model or dataset would silently mix
+  two experiments in one workdir and one ``metrics.jsonl``; only the keys in
+  ``RESUME_MAY_CHANGE`` may differ.
+
+  Raises:
+    ValueError: other keys differ; names each with the logged and the new value.
+  """
+  old, new = _flat_values(saved), _flat_values(config)
+  diff = [k for k in sorted(old.keys() | new.keys())
+          if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE]
+  if diff:
+    changes = "; ".join(f"{k}: {old.get(k)!r} in {where}, {new.get(k)!r} now" for k in diff)
+    raise ValueError(f"cannot resume: the config differs from the run's ({changes}). "
+                     f"Resume with the run's values (its command-line overrides), or train "
+                     f"in a new --workdir.")

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax import checkpoint, data, parallel, provenance, steps
-from cnn_jax.config import base_config, validate
+from cnn_jax.config import from_json, validate
 from cnn_jax.train import build_run, evaluate
 
 
@@ -46,13 +46,10 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, *, flip_tta: bool = False,
     raise FileNotFoundError(f"{cfg_path} does not exist: not a cnn_jax.train workdir")
   if not (workdir / "checkpoints").is_dir():
     raise FileNotFoundError(f"{workdir / 'checkpoints'} does not exist: nothing to evaluate")
-  # Over base_config: keys it gained after the run take their defaults, and values keep its
-  # types (a tuple logged as a JSON list comes back a tuple).
-  config = base_config()
-  config.update(json.loads(cfg_path.read_text()))
-  validate(config)
+  config = from_json(cfg_path.read_text())
   if data_dir is not None:
     config.data.dir = data_dir
+  validate(config)
   ds = data.load(config.data)
   mesh = parallel.data_mesh()
   repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharded(mesh)

@@ -11,7 +11,9 @@ The workdir receives ``config.json``, ``metrics.jsonl`` (train records every
 events in ``tensorboard/`` (``config.tensorboard``) and ``checkpoints/``. Running the
 same command on the same workdir resumes from the newest checkpoint: step, parameters,
 BatchNorm statistics, optimizer state, and data position (epoch ``step // steps_per_epoch``
-with that epoch's permutation, which is a function of ``seed`` and the epoch only).
+with that epoch's permutation, which is a function of ``seed`` and the epoch only). A
+config that differs from the workdir's ``config.json`` in a key that changes the trained
+weights is refused (:func:`cnn_jax.config.check_resume`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import optax
 import tqdm
 
 from cnn_jax import checkpoint, data, models, optim, parallel, provenance, steps
-from cnn_jax.config import validate
+from cnn_jax.config import check_resume, from_json, validate
 from cnn_jax.metric_writer import JsonlWriter, MultiWriter, TensorBoardWriter
 
 
@@ -103,7 +105,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Args:
     config: a config built from :func:`cnn_jax.config.base_config` (validated here).
-    workdir: output folder (created); resumes from its newest checkpoint if any.
+    workdir: output folder (created); resumes from its newest checkpoint if any, when
+      ``config`` is the run's (only ``cnn_jax.config.RESUME_MAY_CHANGE`` keys may differ).
 
   Returns:
     ``{'step', 'epoch', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy',
@@ -112,7 +115,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Raises:
     KeyError / ValueError: bad config (see :func:`cnn_jax.config.validate`), unknown model
       or dataset name, a batch size that does not divide by the device count or exceeds
-      the training set.
+      the training set, or ``workdir`` holds a checkpoint of a run with another config
+      (see :func:`cnn_jax.config.check_resume`).
     cnn_jax.data.DataError: missing data folder, no images, unreadable image.
   """
   t_start = time.time()
@@ -122,6 +126,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
+  if checkpoint.saved_steps(workdir) and (workdir / "config.json").is_file():
+    check_resume(from_json((workdir / "config.json").read_text()), config,
+                 str(workdir / "config.json"))
 
   if config.model.name not in models.list_models():
     models.create(config.model.name)  # raises KeyError naming close names, before any I/O

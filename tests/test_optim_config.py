@@ -1,5 +1,6 @@
 """Optimizer factory, schedules, weight-decay mask, config validation and CLI overrides."""
 
+import json
 import math
 import pathlib
 import subprocess
@@ -12,7 +13,8 @@ import optax
 import pytest
 
 from cnn_jax import models, optim
-from cnn_jax.config import base_config, check_overrides, validate
+from cnn_jax.config import (RESUME_MAY_CHANGE, base_config, check_overrides,
+                            check_resume, from_json, validate)
 
 
 def test_weight_decay_mask_only_kernels():
@@ -103,6 +105,32 @@ def test_validate_errors_name_the_key():
   with pytest.raises(KeyError, match="optim.lrr.*optim.lr"):
     validate(c)
   validate(base_config())
+
+
+def test_check_resume_names_changed_keys_and_allows_display_keys():
+  saved = base_config()
+  saved.model.kwargs.shortcut = "A"
+  logged = from_json(saved.to_json_best_effort())  # what train writes and reads back
+  check_resume(logged, saved)
+  watched = base_config()
+  watched.model.kwargs.shortcut = "A"
+  for key in RESUME_MAY_CHANGE:  # every allowed key at once, to a value of its type
+    section, _, leaf = key.rpartition(".")
+    node = watched[section] if section else watched
+    node[leaf] = {bool: lambda v: not v, int: lambda v: v + 7,
+                  str: lambda v: v + "/elsewhere"}[type(node[leaf])](node[leaf])
+  check_resume(logged, watched)
+  other = base_config()
+  other.model.kwargs.shortcut = "B"
+  other.optim.boundaries_epochs = (0.5, 0.9)
+  with pytest.raises(ValueError) as e:
+    check_resume(logged, other)
+  assert ("model.kwargs.shortcut: 'A' in config.json, 'B' now; "
+          "optim.boundaries_epochs: [0.5, 0.75] in config.json, [0.5, 0.9] now") in str(e.value)
+  # A config.json written before a key joined base_config compares as that key's default.
+  old = saved.to_dict()
+  del old["label_smoothing"]
+  check_resume(from_json(json.dumps(old)), saved)
 
 
 def test_check_overrides(tmp_path):

@@ -173,6 +173,19 @@ def test_end_to_end_logs_checkpoints_and_resumes(cifar10_dir, cache_dir, tmp_pat
   assert again["step"] == 6
   np.testing.assert_allclose(again["test_loss"], full["test_loss"], rtol=1e-5)
 
+  # Resuming under another config is refused before any work and changes nothing; keys
+  # that do not change the weights may differ.
+  before = {f: (tmp_path / "b" / f).read_bytes() for f in ("config.json", "metrics.jsonl")}
+  changed = tiny_config("cifar10_cnn", cifar10_dir, cache_dir, num_train=96, num_test=70,
+                        batch_size=32, num_epochs=3)
+  changed.optim.lr = 0.05
+  with pytest.raises(ValueError, match=r"num_epochs: 2 in .*config.json, 3 now; "
+                                       r"optim.lr: 0.1 in .*config.json, 0.05 now"):
+    train.train_and_evaluate(changed, str(tmp_path / "b"))
+  assert before == {f: (tmp_path / "b" / f).read_bytes() for f in before}
+  cfg.log_every_steps, cfg.eval_batch_size = 1, 35
+  assert train.train_and_evaluate(cfg, str(tmp_path / "b"))["step"] == 6
+
   # Re-scoring the newest checkpoint from the workdir alone gives the final evaluation.
   scored = cnn_evaluate.evaluate_checkpoint(tmp_path / "b")
   assert scored["step"] == 6 and scored["test_count"] == 70
