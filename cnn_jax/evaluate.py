@@ -15,7 +15,6 @@ import pathlib
 import time
 
 import jax
-import jax.numpy as jnp
 
 from cnn_jax import checkpoint, data, parallel, provenance, steps
 from cnn_jax.config import from_json, validate
@@ -62,9 +61,7 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, *, flip_tta: bool = False,
     mngr.close()
   if state is None:
     raise FileNotFoundError(f"{workdir / 'checkpoints'} holds no checkpoint")
-  eval_step = jax.jit(steps.make_eval_step(run.model, num_classes=ds.num_classes, mean=ds.mean,
-                                           std=ds.std, dtype=jnp.dtype(config.dtype),
-                                           flip_tta=flip_tta),
+  eval_step = jax.jit(steps.make_eval_step(run.model, **run.step_kwargs, flip_tta=flip_tta),
                       out_shardings=repl)
   rec = evaluate(eval_step, state, ds.test_images, ds.test_labels, config.eval_batch_size,
                  batch_sh)

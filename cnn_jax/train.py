@@ -73,6 +73,8 @@ class RunSetup(NamedTuple):
   steps_per_epoch: int
   init: Callable[[jax.Array], steps.TrainState]  # PRNG key -> fresh train state
   abstract_state: steps.TrainState  # its jax.ShapeDtypeStruct tree, carrying the sharding
+  # num_classes, mean, std, dtype: what steps.make_train_step and make_eval_step share
+  step_kwargs: dict
 
 
 def build_run(config: ml_collections.ConfigDict, ds: data.Dataset, sharding) -> RunSetup:
@@ -97,7 +99,9 @@ def build_run(config: ml_collections.ConfigDict, ds: data.Dataset, sharding) -> 
   tx, schedule = optim.create_optimizer(config.optim, steps_per_epoch, config.num_epochs)
   init = lambda key: steps.init_state(model, tx, key, ds.train_images.shape[1:])
   abstract = checkpoint.abstract_like(jax.eval_shape(init, jax.random.key(config.seed)), sharding)
-  return RunSetup(model, tx, schedule, steps_per_epoch, init, abstract)
+  step_kwargs = dict(num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
+                     dtype=jnp.dtype(config.dtype))
+  return RunSetup(model, tx, schedule, steps_per_epoch, init, abstract, step_kwargs)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -141,7 +145,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   run = build_run(config, ds, repl)
   model, tx, schedule, steps_per_epoch = run.model, run.tx, run.schedule, run.steps_per_epoch
   total_steps = steps_per_epoch * config.num_epochs
-  dtype = jnp.dtype(config.dtype)
 
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
   state = checkpoint.restore_latest(mngr, run.abstract_state)
@@ -165,16 +168,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 "platform": jax.devices()[0].platform, "process_count": jax.process_count(),
                 **prov})
 
-  common = dict(num_classes=ds.num_classes, mean=ds.mean, std=ds.std, dtype=dtype)
   ghost = config.batchnorm_stats == "per_device"
   train_step = jax.jit(
       steps.make_train_step(model, tx, seed=config.seed, crop_pad=config.data.crop_pad,
                             pad_mode=config.data.pad_mode, flip=config.data.flip,
                             label_smoothing=config.label_smoothing,
                             bn_groups=mesh.devices.size if ghost else 1,
-                            group_sharding=batch_sh if ghost else None, **common),
+                            group_sharding=batch_sh if ghost else None, **run.step_kwargs),
       donate_argnums=0, out_shardings=(repl, repl))
-  eval_step = jax.jit(steps.make_eval_step(model, **common), out_shardings=repl)
+  eval_step = jax.jit(steps.make_eval_step(model, **run.step_kwargs), out_shardings=repl)
 
   def run_eval(step):
     jax.block_until_ready(state)  # finish queued train steps: they are not evaluation time
