@@ -30,6 +30,22 @@ def _git(*args: str) -> str | None:
   return out.stdout.rstrip("\n")  # not strip(): porcelain lines start with a status column
 
 
+def parse_porcelain_z(status: str) -> list[str]:
+  """The paths in ``git status --porcelain -z`` output (format v1: NUL-terminated
+  ``'XY path'`` entries; a rename or copy entry ``'XY new'`` is followed by the old path,
+  which is dropped). ``-z`` leaves paths unquoted, spaces and non-ASCII included."""
+  entries, paths = status.split("\0"), []
+  i = 0
+  while i < len(entries):
+    entry = entries[i]
+    if entry:
+      paths.append(entry[3:])
+      if "R" in entry[:2] or "C" in entry[:2]:
+        i += 1  # the old path
+    i += 1
+  return paths
+
+
 def cpu_model() -> str:
   """The CPU's model name from ``/proc/cpuinfo`` (Linux), else ``platform.processor()``."""
   try:
@@ -54,9 +70,8 @@ def run_provenance() -> dict:
   """
   import jaxlib  # pylint: disable=g-import-not-at-top
   commit = _git("rev-parse", "HEAD")
-  status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
-  # Porcelain v1 lines are 'XY path' (or 'XY old -> new' for renames).
-  dirty_files = None if status is None else [ln[3:] for ln in status.splitlines()]
+  status = _git("status", "--porcelain", "-z", "--untracked-files=no") if commit else None
+  dirty_files = None if status is None else parse_porcelain_z(status)
   try:
     n_cpu = len(os.sched_getaffinity(0))
   except AttributeError:  # not Linux
