@@ -6,6 +6,7 @@ runtime must be fixed before JAX starts.
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -103,7 +104,7 @@ def test_two_processes_match_one_process(tmp_path):
 
 def test_checkpoint_from_8_devices_restores_on_1(cifar10_dir, cache_dir, tmp_path):
   cfg = tiny_config("cifar10_cnn", cifar10_dir, cache_dir, num_train=64, num_test=50,
-                    batch_size=32, num_epochs=1)
+                    batch_size=32, num_epochs=2)
   cfg.eval_batch_size = 40  # divides by 8; 50 test images: last batch padded and masked
   script = (f"import json, ml_collections; from cnn_jax.train import train_and_evaluate; "
             f"cfg = ml_collections.ConfigDict(json.loads({cfg.to_json()!r})); "
@@ -119,13 +120,15 @@ def test_checkpoint_from_8_devices_restores_on_1(cifar10_dir, cache_dir, tmp_pat
   again = train.train_and_evaluate(cfg, str(tmp_path))
   np.testing.assert_allclose(again["test_loss"], eight["test_loss"], rtol=1e-5)
   assert again["test_accuracy"] == eight["test_accuracy"]
-  # ...and training continues from it.
-  cfg.num_epochs = 2
+  # ...and training continues from its epoch-1 checkpoint (the final one removed).
+  shutil.rmtree(tmp_path / "checkpoints" / "4")
   more = train.train_and_evaluate(cfg, str(tmp_path))
-  assert more["step"] == 4
+  assert more["step"] == 4 and more["test_count"] == 50
+  # Same batches from the same state: only the devices' summation order differs.
+  np.testing.assert_allclose(more["test_loss"], eight["test_loss"], rtol=1e-3)
   from cnn_jax.metric_writer import read_jsonl
   starts = [s for s in read_jsonl(tmp_path / "metrics.jsonl") if s.get("event") == "start"]
-  assert [(s["step"], s["devices"]) for s in starts] == [(0, 8), (2, 1), (2, 1)]
+  assert [(s["step"], s["devices"]) for s in starts] == [(0, 8), (4, 1), (2, 1)]
 
 
 def test_batch_size_must_divide_device_count():
