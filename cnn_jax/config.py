@@ -208,13 +208,10 @@ def from_json(text: str) -> ml_collections.ConfigDict:
 
 
 def _flat_values(config: ml_collections.ConfigDict) -> dict:
-  # Through JSON, so that both sides of a comparison have the same types.
-  def flat(d, prefix):
-    out = {}
-    for k, v in d.items():
-      out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-  return flat(json.loads(config.to_json_best_effort()), "")
+  # Each value through JSON, so that both sides of a comparison have the same types (a tuple
+  # and the JSON list it was logged as compare equal).
+  return {k: json.loads(json.dumps(_get(config, k), default=repr))
+          for k in _flat_keys(config, expand_kwargs=True)}
 
 
 def check_resume(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,

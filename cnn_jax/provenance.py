@@ -34,15 +34,12 @@ def parse_porcelain_z(status: str) -> list[str]:
   """The paths in ``git status --porcelain -z`` output (format v1: NUL-terminated
   ``'XY path'`` entries; a rename or copy entry ``'XY new'`` is followed by the old path,
   which is dropped). ``-z`` leaves paths unquoted, spaces and non-ASCII included."""
-  entries, paths = status.split("\0"), []
-  i = 0
-  while i < len(entries):
-    entry = entries[i]
+  entries, paths = iter(status.split("\0")), []
+  for entry in entries:
     if entry:
       paths.append(entry[3:])
       if "R" in entry[:2] or "C" in entry[:2]:
-        i += 1  # the old path
-    i += 1
+        next(entries, None)  # the old path
   return paths
 
 
