@@ -41,6 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.crop_pad = 4  # random-crop padding in pixels; 0 disables the crop
   c.data.pad_mode = "reflect"  # 'reflect' or 'constant' (zeros)
   c.data.flip = True
+  # 'random': a coin per image and step (He et al. 2015); 'alternating': each image mirrored
+  # every other epoch (Jordan 2024, arXiv:2404.00498, Sec. 3.6). Only used when flip is True.
+  c.data.flip_mode = "random"
 
   c.batch_size = 128  # global
   c.eval_batch_size = 1000  # global; the last batch is padded and masked
@@ -81,6 +84,7 @@ _CHOICES = {
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("cosine", "piecewise", "constant"),
     "data.pad_mode": ("reflect", "constant"),
+    "data.flip_mode": ("random", "alternating"),
     "dtype": ("float32", "bfloat16"),
     "batchnorm_stats": ("global", "per_device"),
 }

@@ -33,6 +33,7 @@ import tqdm
 
 from cnn_jax import checkpoint, data, models, optim, parallel, provenance, steps
 from cnn_jax.config import check_resume, from_json, validate
+from cnn_jax.data import augment
 from cnn_jax.metric_writer import JsonlWriter, MultiWriter, TensorBoardWriter
 
 
@@ -169,9 +170,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 **prov})
 
   ghost = config.batchnorm_stats == "per_device"
+  random_flip = config.data.flip and config.data.flip_mode == "random"
+  # Alternating flip depends on the example index, which only the host loop knows.
+  flips0 = (augment.first_epoch_flips(config.seed, n_train)
+            if config.data.flip and config.data.flip_mode == "alternating" else None)
   train_step = jax.jit(
       steps.make_train_step(model, tx, seed=config.seed, crop_pad=config.data.crop_pad,
-                            pad_mode=config.data.pad_mode, flip=config.data.flip,
+                            pad_mode=config.data.pad_mode, flip=random_flip,
                             label_smoothing=config.label_smoothing,
                             bn_groups=mesh.devices.size if ghost else 1,
                             group_sharding=batch_sh if ghost else None, **run.step_kwargs),
@@ -201,8 +206,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if epoch != perm_epoch:
         perm_epoch, perm = epoch, epoch_permutation(config.seed, epoch, n_train)
       idx = perm[k * config.batch_size:(k + 1) * config.batch_size][rows]
-      images, labels = parallel.global_batch(batch_sh, ds.train_images[idx],
-                                             ds.train_labels[idx])
+      host_images = ds.train_images[idx]
+      if flips0 is not None:
+        host_images = augment.alternating_flip(host_images, flips0[idx], epoch)
+      images, labels = parallel.global_batch(batch_sh, host_images, ds.train_labels[idx])
       state, metrics = train_step(state, images, labels)
       pending.append(metrics)
       done = step + 1

@@ -129,6 +129,30 @@ def test_random_crop_is_a_window_of_the_padded_image():
   np.testing.assert_array_equal(augment.random_crop(jax.random.key(0), x, 0), x)
 
 
+def test_alternating_flip_mirrors_each_image_every_other_epoch():
+  n = 400
+  x = np.random.default_rng(0).integers(0, 256, (n, 4, 4, 1), dtype=np.uint8)
+  first = augment.first_epoch_flips(seed=7, n=n)
+  assert 150 < first.sum() < 250
+  np.testing.assert_array_equal(first, augment.first_epoch_flips(seed=7, n=n))
+  assert not np.array_equal(first, augment.first_epoch_flips(seed=8, n=n))
+  idx = np.random.default_rng(1).permutation(n)[:128]  # a batch in shuffled order
+  mirrored = []
+  for epoch in range(4):
+    out = augment.alternating_flip(x[idx], first[idx], epoch)
+    assert out.dtype == np.uint8
+    m = np.array([np.array_equal(o, a[:, ::-1]) for o, a in zip(out, x[idx])])
+    same = np.array([np.array_equal(o, a) for o, a in zip(out, x[idx])])
+    assert np.all(m ^ same)  # these random images are not mirror-symmetric
+    mirrored.append(m)
+  np.testing.assert_array_equal(mirrored[0], first[idx])
+  np.testing.assert_array_equal(mirrored[1], ~first[idx])
+  np.testing.assert_array_equal(mirrored[2], mirrored[0])
+  np.testing.assert_array_equal(mirrored[3], mirrored[1])
+  with pytest.raises(ValueError, match=r"flipped_in_epoch0 has shape \(3,\), expected \(128,\)"):
+    augment.alternating_flip(x[idx], first[:3], 0)
+
+
 def test_random_flip_flips_about_half():
   x = np.random.default_rng(0).integers(0, 256, (400, 4, 4, 1), dtype=np.uint8)
   out = np.asarray(augment.random_flip(jax.random.key(3), jnp.asarray(x)))

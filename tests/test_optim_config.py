@@ -104,6 +104,10 @@ def test_validate_errors_name_the_key():
   c.optim.lrr = 0.1
   with pytest.raises(KeyError, match="optim.lrr.*optim.lr"):
     validate(c)
+  c = base_config()
+  c.data.flip_mode = "sometimes"
+  with pytest.raises(ValueError, match="data.flip_mode.*sometimes"):
+    validate(c)
   validate(base_config())
 
 

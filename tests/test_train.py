@@ -227,3 +227,24 @@ def test_cli_override_reaches_the_run(cifar10_dir, cache_dir, tmp_path):
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["optim"]["lr"] == 0.0123 and saved["num_epochs"] == 1
   assert "final:" in r.stdout
+
+
+def test_alternating_flip_shows_each_image_mirrored_once_per_two_epochs(
+    cifar10_dir, cache_dir, tmp_path, monkeypatch):
+  """The train loop hands alternating flip each row's own example index and the epoch."""
+  cfg = tiny_config("cifar10_cnn", cifar10_dir, cache_dir, num_train=64, num_test=50,
+                    batch_size=32, num_epochs=2)
+  cfg.data.flip_mode = "alternating"
+  mirrored = {}  # image bytes -> times it reached the step mirrored
+  real = train.augment.alternating_flip
+
+  def spy(images, flipped_in_epoch0, epoch):
+    out = real(images, flipped_in_epoch0, epoch)
+    for a, o in zip(images, out):
+      mirrored[a.tobytes()] = mirrored.get(a.tobytes(), 0) + int(not np.array_equal(a, o))
+    return out
+
+  monkeypatch.setattr(train.augment, "alternating_flip", spy)
+  train.train_and_evaluate(cfg, str(tmp_path))
+  assert len(mirrored) == 64
+  assert set(mirrored.values()) == {1}
