@@ -65,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.grad_clip_norm = 0.0  # 0 = off
 
   c.label_smoothing = 0.0
+  # Exponential moving average of the weights and BatchNorm statistics, evaluated beside
+  # them (ema_test_accuracy); 0 = off. Per-step decay, e.g. 0.999 averages over ~1,000 steps.
+  c.ema_decay = 0.0
   # BatchNorm statistics in training: 'global' (over the whole global batch, what jit
   # sharding computes) or 'per_device' ("ghost" batch norm over each device's shard, as
   # pmap-era code without cross-replica sync had).
@@ -183,8 +186,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for k in _NON_NEGATIVE:
     if not _get(config, k) >= 0:
       raise ValueError(f"config key {k} = {_get(config, k)!r}; expected >= 0")
-  if not 0.0 <= config.label_smoothing < 1.0:
-    raise ValueError(f"config key label_smoothing = {config.label_smoothing}; expected [0, 1)")
+  for k in ("label_smoothing", "ema_decay"):
+    if not 0.0 <= config[k] < 1.0:
+      raise ValueError(f"config key {k} = {config[k]}; expected [0, 1)")
   b = tuple(config.optim.boundaries_epochs)
   if list(b) != sorted(b):
     raise ValueError(f"config key optim.boundaries_epochs = {b}; expected increasing values")

@@ -1,8 +1,8 @@
 """Evaluate a run's newest checkpoint on the test set, optionally with flip TTA.
 
-``python -m cnn_jax.evaluate --workdir <dir> [--flip-tta] [--data-dir <dir>]`` prints one JSON
-line: ``workdir``, ``step``, ``test_accuracy`` (fraction), ``test_loss``, ``test_count``,
-``flip_tta``, ``wall_s`` (seconds) and the provenance of :mod:`cnn_jax.provenance`. It
+``python -m cnn_jax.evaluate --workdir <dir> [--flip-tta] [--ema] [--data-dir <dir>]`` prints
+one JSON line: ``workdir``, ``step``, ``test_accuracy`` (fraction), ``test_loss``,
+``test_count``, ``flip_tta``, ``ema``, ``wall_s`` (seconds) and the provenance of :mod:`cnn_jax.provenance`. It
 rebuilds model, optimizer state and data from the workdir's ``config.json`` (as timm's
 ``validate.py`` does from a checkpoint), so a finished run can be re-scored without training.
 """
@@ -22,7 +22,7 @@ from cnn_jax.train import build_run, evaluate
 
 
 def evaluate_checkpoint(workdir: str | pathlib.Path, *, flip_tta: bool = False,
-                        data_dir: str | None = None) -> dict:
+                        ema: bool = False, data_dir: str | None = None) -> dict:
   """Scores the newest checkpoint in ``<workdir>/checkpoints`` on every test image once.
 
   Args:
@@ -30,14 +30,17 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, *, flip_tta: bool = False,
       that :func:`cnn_jax.config.base_config` gained after the run take their defaults.
     flip_tta: average the logits of each image and its horizontal mirror (see
       :func:`cnn_jax.steps.make_eval_step`).
+    ema: score the exponential moving average of the weights that a run with
+      ``ema_decay > 0`` keeps, instead of the weights.
     data_dir: overrides the config's ``data.dir`` (e.g. the run was made on another machine).
 
   Returns:
-    ``{'step', 'test_accuracy', 'test_loss', 'test_count', 'flip_tta'}``.
+    ``{'step', 'test_accuracy', 'test_loss', 'test_count', 'flip_tta', 'ema'}``.
 
   Raises:
     FileNotFoundError: no ``config.json`` or no checkpoint in ``workdir``.
-    KeyError / ValueError: the config does not validate; cnn_jax.data.DataError: bad data.
+    KeyError / ValueError: the config does not validate; ``ema=True`` for a run trained
+      without EMA; cnn_jax.data.DataError: bad data.
   """
   workdir = pathlib.Path(workdir)
   cfg_path = workdir / "config.json"
@@ -49,6 +52,9 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, *, flip_tta: bool = False,
   if data_dir is not None:
     config.data.dir = data_dir
   validate(config)
+  if ema and not config.ema_decay:
+    raise ValueError(f"{cfg_path}: ema_decay = {config.ema_decay}, so the run kept no EMA of "
+                     f"the weights to evaluate")
   ds = data.load(config.data)
   mesh = parallel.data_mesh()
   repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharded(mesh)
@@ -61,11 +67,11 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, *, flip_tta: bool = False,
     mngr.close()
   if state is None:
     raise FileNotFoundError(f"{workdir / 'checkpoints'} holds no checkpoint")
-  eval_step = jax.jit(steps.make_eval_step(run.model, **run.step_kwargs, flip_tta=flip_tta),
-                      out_shardings=repl)
+  eval_step = jax.jit(steps.make_eval_step(run.model, **run.step_kwargs, flip_tta=flip_tta,
+                                           ema=ema), out_shardings=repl)
   rec = evaluate(eval_step, state, ds.test_images, ds.test_labels, config.eval_batch_size,
                  batch_sh)
-  return {"step": int(parallel.to_host(state.step)), **rec, "flip_tta": flip_tta}
+  return {"step": int(parallel.to_host(state.step)), **rec, "flip_tta": flip_tta, "ema": ema}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,10 +79,13 @@ def main(argv: list[str] | None = None) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--workdir", required=True, help="a cnn_jax.train workdir")
   p.add_argument("--flip-tta", action="store_true", help="average logits with the mirror image")
+  p.add_argument("--ema", action="store_true",
+                 help="score the EMA of the weights (runs trained with ema_decay > 0)")
   p.add_argument("--data-dir", default=None, help="override the config's data.dir")
   args = p.parse_args(argv)
   t0 = time.time()
-  rec = evaluate_checkpoint(args.workdir, flip_tta=args.flip_tta, data_dir=args.data_dir)
+  rec = evaluate_checkpoint(args.workdir, flip_tta=args.flip_tta, ema=args.ema,
+                            data_dir=args.data_dir)
   # Code and hardware of this evaluation, so a re-scored number is traceable like a run's.
   print(json.dumps({"workdir": str(args.workdir), **rec, "wall_s": time.time() - t0,
                     **provenance.run_provenance()}))

@@ -26,7 +26,9 @@ def summarize(metrics_path: str | pathlib.Path) -> dict:
   ``final_test_loss``, ``epochs``, ``steps``, ``wall_s`` (seconds, from the last record of the
   last segment; resumed runs add their segments), ``median_images_per_s`` (train records),
   ``segments`` (1 + number of resumes), ``num_params``, ``model``, ``data_source``, ``platform``,
-  and the code/hardware provenance of the last segment (``git_commit``, ``cpu``, ... when logged).
+  and the code/hardware provenance of the last segment (``git_commit``, ``cpu``, ... when logged);
+  for runs with a weight EMA (``ema_decay > 0``) also ``final_ema_test_accuracy`` and
+  ``best_ema_test_accuracy``.
 
   Raises:
     ValueError: the file has no evaluation record.
@@ -48,6 +50,9 @@ def summarize(metrics_path: str | pathlib.Path) -> dict:
   wall += seg_last
   best = max(evals, key=lambda r: r["test_accuracy"])
   final = evals[-1]
+  ema = ({"final_ema_test_accuracy": final["ema_test_accuracy"],
+          "best_ema_test_accuracy": max(r["ema_test_accuracy"] for r in evals)}
+         if "ema_test_accuracy" in final else {})
   return {
       "model": starts[0].get("model") if starts else None,
       "num_params": starts[0].get("num_params") if starts else None,
@@ -63,6 +68,7 @@ def summarize(metrics_path: str | pathlib.Path) -> dict:
       "test_count": final.get("test_count"),
       "best_test_accuracy": best["test_accuracy"],
       "best_epoch": best["epoch"],
+      **ema,
       "wall_s": wall,
       "median_images_per_s": statistics.median(r["images_per_s"] for r in trains[1:] or trains)
                              if trains else None,

@@ -98,7 +98,8 @@ def build_run(config: ml_collections.ConfigDict, ds: data.Dataset, sharding) -> 
   model = models.create(config.model.name, num_classes=ds.num_classes,
                         dtype=jnp.dtype(config.dtype), **config.model.kwargs.to_dict())
   tx, schedule = optim.create_optimizer(config.optim, steps_per_epoch, config.num_epochs)
-  init = lambda key: steps.init_state(model, tx, key, ds.train_images.shape[1:])
+  init = lambda key: steps.init_state(model, tx, key, ds.train_images.shape[1:],
+                                      ema=config.ema_decay > 0)
   abstract = checkpoint.abstract_like(jax.eval_shape(init, jax.random.key(config.seed)), sharding)
   step_kwargs = dict(num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
                      dtype=jnp.dtype(config.dtype))
@@ -115,7 +116,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Returns:
     ``{'step', 'epoch', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy',
-    'test_count', 'wall_s'}`` of the final evaluation.
+    'test_count', 'wall_s'}`` of the final evaluation, plus ``'ema_test_loss'`` and
+    ``'ema_test_accuracy'`` (the weight average's) when ``config.ema_decay > 0``.
 
   Raises:
     KeyError / ValueError: bad config (see :func:`cnn_jax.config.validate`), unknown model
@@ -179,15 +181,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                             pad_mode=config.data.pad_mode, flip=random_flip,
                             label_smoothing=config.label_smoothing,
                             bn_groups=mesh.devices.size if ghost else 1,
-                            group_sharding=batch_sh if ghost else None, **run.step_kwargs),
+                            group_sharding=batch_sh if ghost else None,
+                            ema_decay=config.ema_decay, **run.step_kwargs),
       donate_argnums=0, out_shardings=(repl, repl))
   eval_step = jax.jit(steps.make_eval_step(model, **run.step_kwargs), out_shardings=repl)
+  ema_eval_step = (jax.jit(steps.make_eval_step(model, **run.step_kwargs, ema=True),
+                           out_shardings=repl) if config.ema_decay else None)
 
   def run_eval(step):
     jax.block_until_ready(state)  # finish queued train steps: they are not evaluation time
     t0 = time.time()
     rec = evaluate(eval_step, state, ds.test_images, ds.test_labels, config.eval_batch_size,
                    batch_sh)
+    if ema_eval_step is not None:
+      ema = evaluate(ema_eval_step, state, ds.test_images, ds.test_labels,
+                     config.eval_batch_size, batch_sh)
+      rec.update(ema_test_loss=ema["test_loss"], ema_test_accuracy=ema["test_accuracy"])
     rec.update(step=step, epoch=step / steps_per_epoch, eval_s=time.time() - t0,
                wall_s=time.time() - t_start)
     writer.write(rec)
@@ -233,7 +242,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           and done != total_steps):
         rec = run_eval(done)
         pbar.write(f"epoch {done // steps_per_epoch}: test_accuracy {rec['test_accuracy']:.4f} "
-                   f"test_loss {rec['test_loss']:.4f}")
+                   f"test_loss {rec['test_loss']:.4f}" + (
+                       f" ema_test_accuracy {rec['ema_test_accuracy']:.4f}"
+                       if "ema_test_accuracy" in rec else ""))
         t_log += rec["eval_s"]  # keep evaluation out of the training images/s
       if done % ckpt_every == 0 and done != total_steps:
         checkpoint.save(mngr, done, state)

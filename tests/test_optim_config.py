@@ -108,6 +108,10 @@ def test_validate_errors_name_the_key():
   c.data.flip_mode = "sometimes"
   with pytest.raises(ValueError, match="data.flip_mode.*sometimes"):
     validate(c)
+  c = base_config()
+  c.ema_decay = 1.0  # would never move from the initial weights
+  with pytest.raises(ValueError, match=r"ema_decay = 1.0; expected \[0, 1\)"):
+    validate(c)
   validate(base_config())
 
 

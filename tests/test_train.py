@@ -1,5 +1,6 @@
 """End-to-end training on real CIFAR-10 images: steps, evaluation, logging, resume, errors."""
 
+import dataclasses
 import json
 import pathlib
 import subprocess
@@ -42,6 +43,42 @@ def test_train_step_lowers_loss_on_fixed_batch():
     losses.append(float(m["loss"]))
   assert losses[-1] < 0.5 * losses[0], losses
   assert int(state.step) == 15
+
+
+def test_weight_ema_follows_the_warmed_up_decay():
+  """EMA of params and BatchNorm statistics after each step, recomputed here in NumPy from
+  the states the step returns: ``d_t = min(decay, (1 + t) / (10 + t))`` (TensorFlow's
+  ``ExponentialMovingAverage`` with ``num_updates = t``), ``ema <- d_t ema + (1 - d_t) new``."""
+  model = models.create("cifar10_cnn")
+  c = base_config().optim
+  c.warmup_epochs, c.schedule, c.lr = 0.0, "constant", 0.05
+  tx, _ = optim.create_optimizer(c, 10, 1)
+  plain = steps.init_state(model, tx, jax.random.key(0), (32, 32, 3))
+  # Off by default: the checkpointed tree is exactly the pre-EMA one (old runs restore).
+  assert type(plain) is steps.TrainState
+  assert [f.name for f in dataclasses.fields(plain)] == ["step", "params", "batch_stats",
+                                                         "opt_state"]
+  with pytest.raises(ValueError, match="ema_decay"):
+    plain.variables(ema=True)
+  state = steps.init_state(model, tx, jax.random.key(0), (32, 32, 3), ema=True)
+  assert isinstance(state, steps.EmaTrainState)
+  decay = 0.2  # below the warm-up value from the third update on: both branches of the min
+  step = jax.jit(steps.make_train_step(model, tx, num_classes=10, mean=[128.0] * 3,
+                                       std=[64.0] * 3, seed=0, crop_pad=0, flip=False,
+                                       ema_decay=decay), donate_argnums=0)
+  x, y = _fixed_batch()
+  to_np = lambda tree: jax.tree.map(np.array, tree)
+  expected = to_np({"params": state.params, "batch_stats": state.batch_stats})
+  for t in range(4):
+    state, _ = step(state, x, y)
+    d = min(decay, (1 + t) / (10 + t))
+    new = to_np({"params": state.params, "batch_stats": state.batch_stats})
+    expected = jax.tree.map(lambda e, p: d * e + (1 - d) * p, expected, new)
+    jax.tree.map(lambda g, e: np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-7),
+                 to_np(state.ema), expected)
+  assert not np.allclose(expected["params"]["Dense_0"]["kernel"],
+                         np.asarray(state.params["Dense_0"]["kernel"]))
+  assert state.variables(ema=True)["batch_stats"] is state.ema["batch_stats"]
 
 
 def test_label_smoothing_cross_entropy():
@@ -248,3 +285,30 @@ def test_alternating_flip_shows_each_image_mirrored_once_per_two_epochs(
   train.train_and_evaluate(cfg, str(tmp_path))
   assert len(mirrored) == 64
   assert set(mirrored.values()) == {1}
+
+
+def test_ema_run_logs_and_restores_the_average(cifar10_dir, cache_dir, tmp_path):
+  """ema_decay > 0: each evaluation also scores the average; the checkpoint holds it."""
+  cfg = tiny_config("cifar10_cnn", cifar10_dir, cache_dir, num_train=64, num_test=50,
+                    batch_size=32, num_epochs=2)
+  cfg.ema_decay = 0.5
+  final = train.train_and_evaluate(cfg, str(tmp_path))
+  evals = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "test_accuracy" in r]
+  assert [r["step"] for r in evals] == [2, 4]
+  assert all(0.0 <= r["ema_test_accuracy"] <= 1.0 and np.isfinite(r["ema_test_loss"])
+             for r in evals)
+  assert final["ema_test_loss"] == evals[-1]["ema_test_loss"] != final["test_loss"]
+  summary = report.summarize(tmp_path / "metrics.jsonl")
+  assert summary["final_ema_test_accuracy"] == evals[-1]["ema_test_accuracy"]
+  scored = cnn_evaluate.evaluate_checkpoint(tmp_path, ema=True)
+  assert scored["ema"] and scored["test_accuracy"] == final["ema_test_accuracy"]
+  np.testing.assert_allclose(scored["test_loss"], final["ema_test_loss"], rtol=1e-5)
+  raw = cnn_evaluate.evaluate_checkpoint(tmp_path)
+  np.testing.assert_allclose(raw["test_loss"], final["test_loss"], rtol=1e-5)
+  # A run without EMA has none to score: refused from its config.json, before any work.
+  plain = tmp_path / "plain"
+  (plain / "checkpoints").mkdir(parents=True)
+  logged = json.loads((tmp_path / "config.json").read_text())
+  (plain / "config.json").write_text(json.dumps({**logged, "ema_decay": 0.0}))
+  with pytest.raises(ValueError, match="ema_decay = 0.0, so the run kept no EMA"):
+    cnn_evaluate.evaluate_checkpoint(plain, ema=True)
