@@ -11,7 +11,9 @@ JPEG copy of CIFAR-10: 87.73% (experiments/cifar10_resnet20_wd1e-3_30ep/, 118 mi
 ``--config.model.kwargs.shortcut=B`` (1x1 projections) gave 87.75%
 (experiments/cifar10_resnet20_optB_wd1e-3_30ep/): the same within noise; that plus
 ``--config.optim.weight_decay=2e-3 --config.data.flip_mode=alternating`` 87.69%
-(experiments/cifar10_resnet20_optB_wd2e-3_altflip_30ep/).
+(experiments/cifar10_resnet20_optB_wd2e-3_altflip_30ep/); option B with weight decay 1e-3,
+``--config.data.flip_mode=alternating --config.label_smoothing=0.1`` 87.56%
+(experiments/cifar10_resnet20_optB_wd1e-3_altflip_ls0.1_30ep/).
 Earlier runs used weight decay 5e-4, the default until that run (add
 ``--config.optim.weight_decay=5e-4`` to repeat them): 30 epochs 87.29%
 (experiments/cifar10_resnet20_30ep/); 20 epochs 86.05% (experiments/cifar10_resnet20_20ep/);
