@@ -10,7 +10,6 @@ Juditsky 1992; as timm's ``ModelEmaV2``, which averages BatchNorm buffers too).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
 import flax
@@ -85,15 +84,14 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Arra
   """
   variables = model.init({"params": key, "dropout": key}, jnp.zeros((1, *input_shape)),
                          train=False)
-  params = variables["params"]
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+  params, batch_stats = variables["params"], variables.get("batch_stats", {})
+  fields = dict(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                opt_state=tx.init(params))
   if not ema:
-    return state
-  return EmaTrainState(**{f.name: getattr(state, f.name) for f in dataclasses.fields(state)},
-                       # Copies: the step donates the state, and one buffer cannot be given twice.
-                       ema=jax.tree.map(jnp.copy, {"params": params,
-                                                   "batch_stats": state.batch_stats}))
+    return TrainState(**fields)
+  # Copies: the step donates the state, and one buffer cannot be given twice.
+  return EmaTrainState(**fields, ema=jax.tree.map(jnp.copy, {"params": params,
+                                                             "batch_stats": batch_stats}))
 
 
 def ema_decay_at(decay: float, step: jax.Array) -> jax.Array:
