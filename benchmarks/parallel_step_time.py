@@ -9,11 +9,14 @@ multi-device CPU runs is correctness. Usage::
 """
 
 import argparse
+import importlib.metadata
 import json
 import os
 import pathlib
 import subprocess
 import sys
+
+from cnn_jax import xla_cpu
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -54,7 +57,9 @@ def main():
   rows = []
   for d in args.devices:
     env = dict(os.environ, PYTHONPATH=str(REPO),
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={d}")
+               XLA_FLAGS=xla_cpu.default_xla_flags(
+                   f"--xla_force_host_platform_device_count={d}",
+                   importlib.metadata.version("jaxlib")))
     out = subprocess.run([sys.executable, "-c", CHILD, args.model, str(args.batch),
                           str(args.steps)], env=env, capture_output=True, text=True, check=True)
     rows.append(json.loads(out.stdout.strip().splitlines()[-1]))

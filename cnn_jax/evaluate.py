@@ -16,7 +16,7 @@ import time
 
 import jax
 
-from cnn_jax import checkpoint, data, parallel, provenance, steps
+from cnn_jax import checkpoint, data, parallel, provenance, steps, xla_cpu
 from cnn_jax.config import from_json, validate
 from cnn_jax.train import build_run, evaluate
 
@@ -92,4 +92,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+  xla_cpu.apply_and_report("cnn_jax.evaluate")  # before the first computation reads XLA_FLAGS
   main()

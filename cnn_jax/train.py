@@ -31,7 +31,7 @@ import numpy as np
 import optax
 import tqdm
 
-from cnn_jax import checkpoint, data, models, optim, parallel, provenance, steps
+from cnn_jax import checkpoint, data, models, optim, parallel, provenance, steps, xla_cpu
 from cnn_jax.config import check_resume, from_json, validate
 from cnn_jax.data import augment
 from cnn_jax.metric_writer import JsonlWriter, MultiWriter, TensorBoardWriter
@@ -280,6 +280,7 @@ def _cli():
   from cnn_jax.config import check_overrides  # pylint: disable=g-import-not-at-top
 
   check_overrides(sys.argv[1:])
+  xla_cpu.apply_and_report("cnn_jax.train")  # before the first computation reads XLA_FLAGS
   config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).",
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "Output folder: config.json, metrics.jsonl, checkpoints.")

@@ -101,6 +101,7 @@ def test_wrong_kernel_shape_is_named():
     depthwise.depthwise_conv_taps(jnp.ones((1, 4, 4, 3)), jnp.ones((3, 3, 3, 3)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mobilenet_v2_cifar", "convnextv2_atto_cifar"])
 def test_models_match_xla_depthwise(name, taps_calls):
   """The same variables give the same logits with the tap path and with XLA's conv."""

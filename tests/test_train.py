@@ -1,7 +1,9 @@
 """End-to-end training on real CIFAR-10 images: steps, evaluation, logging, resume, errors."""
 
 import dataclasses
+import importlib.metadata
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 
 from cnn_jax import evaluate as cnn_evaluate
-from cnn_jax import models, optim, provenance, report, steps, train
+from cnn_jax import models, optim, provenance, report, steps, train, xla_cpu
 from cnn_jax.config import base_config
 from cnn_jax.data import DataError
 from cnn_jax.metric_writer import read_jsonl
@@ -259,11 +261,17 @@ def test_cli_override_reaches_the_run(cifar10_dir, cache_dir, tmp_path):
        f"--config.data.cache_dir={cache_dir}", "--config.data.num_train=64",
        "--config.data.num_test=50", "--config.batch_size=32", "--config.eval_batch_size=50",
        "--config.num_epochs=1", "--config.optim.lr=0.0123", "--config.progress_bar=False"],
-      capture_output=True, text=True, timeout=600)
+      capture_output=True, text=True, timeout=600, env={**os.environ, "XLA_FLAGS": ""})
   assert r.returncode == 0, r.stderr[-3000:]
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["optim"]["lr"] == 0.0123 and saved["num_epochs"] == 1
   assert "final:" in r.stdout
+  # The entry point sets its XLA CPU default before the backend starts (cnn_jax/xla_cpu.py).
+  start = read_jsonl(tmp_path / "metrics.jsonl")[0]
+  want = xla_cpu.default_xla_flags("", importlib.metadata.version("jaxlib"))
+  if os.environ.get(xla_cpu.KEEP_ENV) != "1":
+    assert start["xla_flags"] == want
+    assert (xla_cpu.YNN_CONV_OFF in r.stderr) == (want != "")
 
 
 def test_alternating_flip_shows_each_image_mirrored_once_per_two_epochs(

@@ -1,0 +1,29 @@
+"""The XLA CPU flag default of the command-line entry points (cnn_jax/xla_cpu.py)."""
+
+from cnn_jax import xla_cpu
+
+FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+
+
+def test_default_adds_the_flag_for_jaxlib_0_10_only():
+  assert xla_cpu.default_xla_flags("", "0.10.2") == FLAG
+  assert xla_cpu.default_xla_flags("--xla_force_host_platform_device_count=8", "0.10.0") == (
+      "--xla_force_host_platform_device_count=8 " + FLAG)
+  for version in ("0.9.1", "0.11.0", "0.1.0", "1.10.0"):
+    assert xla_cpu.default_xla_flags("", version) == ""
+
+
+def test_default_keeps_a_users_own_ynn_setting():
+  mine = "--xla_cpu_experimental_ynn_fusion_type=individual_convolution"
+  assert xla_cpu.default_xla_flags(mine, "0.10.2") == mine
+
+
+def test_apply_edits_the_given_environment_and_honours_the_opt_out():
+  env = {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
+  assert xla_cpu.apply_cpu_defaults(env, "0.10.2") is True
+  assert env["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false " + FLAG
+  assert xla_cpu.apply_cpu_defaults(env, "0.10.2") is False  # already there: idempotent
+  kept = {"CNN_JAX_KEEP_XLA_FLAGS": "1"}
+  assert xla_cpu.apply_cpu_defaults(kept, "0.10.2") is False and "XLA_FLAGS" not in kept
+  other = {}
+  assert xla_cpu.apply_cpu_defaults(other, "0.12.0") is False and other == {}
