@@ -72,6 +72,7 @@ def test_8_devices_match_1_device(model, lr, tmp_path):
   _compare(one, eight)
 
 
+@pytest.mark.slow  # CI time on a 2-core AVX2 CPU; runs with -m slow
 def test_ghost_batchnorm_per_device_statistics(tmp_path):
   """4 devices with per-device statistics == 1 device normalising 4 groups separately,
   and != statistics over the global batch."""
@@ -106,6 +107,7 @@ def test_two_processes_match_one_process(tmp_path):
   _compare(single, multi)
 
 
+@pytest.mark.slow  # CI time on a 2-core AVX2 CPU; runs with -m slow
 def test_checkpoint_from_8_devices_restores_on_1(cifar10_dir, cache_dir, tmp_path):
   cfg = tiny_config("cifar10_cnn", cifar10_dir, cache_dir, num_train=64, num_test=50,
                     batch_size=32, num_epochs=2)
