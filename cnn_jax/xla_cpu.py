@@ -1,16 +1,17 @@
-"""XLA CPU flag defaults for the command-line entry points (``cnn_jax.train``, ``cnn_jax.evaluate``).
+"""XLA CPU flag defaults for the command-line entry points ``cnn_jax.train`` and ``.evaluate``.
 
 jaxlib 0.10.x sends each CPU convolution to the YNNPACK library by default.
 ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` keeps them on XLA's own
-(Eigen) convolutions, which ran a ResNet-20 train step 1.15x faster on the 2-core EPYC VM of the
-earlier runs and 2.5x faster on a 2-core AVX2-only EPYC VM (measured side by side with ``benchmarks/train_step_cpu.py``; see
-README, "Speed on CPU"). The command-line entry points add that flag to ``XLA_FLAGS`` before
-JAX creates its backends (XLA reads ``XLA_FLAGS`` once, at the first computation, not at
-``import jax``), print that they did, and record ``XLA_FLAGS`` in the run's provenance. They
-leave ``XLA_FLAGS`` alone when it already sets ``xla_cpu_experimental_ynn_fusion_type``, when
-``CNN_JAX_KEEP_XLA_FLAGS=1``, and for any other jaxlib, where the flag may not exist (XLA
-aborts on an unknown flag). Importing :mod:`cnn_jax` never touches the environment: in a
-notebook, set ``XLA_FLAGS`` yourself before the first JAX computation.
+(Eigen) convolutions, which ran a ResNet-20 train step faster, measured side by side: 1.15x on
+the 2-core EPYC VM of the earlier runs, 2.5x on a 2-core AVX2-only EPYC VM
+(``benchmarks/train_step_cpu.py``; README, "Speed on CPU"). The command-line entry points
+add that flag to ``XLA_FLAGS`` before JAX creates its backends (XLA reads ``XLA_FLAGS`` once,
+at the first computation, not at ``import jax``), print that they did, and record
+``XLA_FLAGS`` in the run's provenance. They leave ``XLA_FLAGS`` alone when it already sets
+``xla_cpu_experimental_ynn_fusion_type``, when ``CNN_JAX_KEEP_XLA_FLAGS=1``, and for any
+other jaxlib, where the flag may not exist (XLA aborts on an unknown flag). Importing
+:mod:`cnn_jax` never touches the environment: in a notebook, set ``XLA_FLAGS`` yourself
+before the first JAX computation.
 """
 
 from __future__ import annotations
@@ -76,4 +77,5 @@ def apply_and_report(prog: str) -> None:
   the entry point in that line."""
   if apply_cpu_defaults():
     print(f"{prog}: XLA_FLAGS += {YNN_CONV_OFF} (jaxlib 0.10 CPU convolutions on XLA's Eigen "
-          f"path, faster train steps; {KEEP_ENV}=1 keeps XLA's default)", file=sys.stderr, flush=True)
+          f"path, faster train steps; {KEEP_ENV}=1 keeps XLA's default)", file=sys.stderr,
+          flush=True)
