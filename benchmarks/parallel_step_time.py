@@ -9,7 +9,6 @@ multi-device CPU runs is correctness. Usage::
 """
 
 import argparse
-import importlib.metadata
 import json
 import os
 import pathlib
@@ -57,9 +56,9 @@ def main():
   rows = []
   for d in args.devices:
     env = dict(os.environ, PYTHONPATH=str(REPO),
-               XLA_FLAGS=xla_cpu.default_xla_flags(
-                   f"--xla_force_host_platform_device_count={d}",
-                   importlib.metadata.version("jaxlib")))
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+                         f"--xla_force_host_platform_device_count={d}".strip())
+    xla_cpu.apply_cpu_defaults(env)  # the flags cnn_jax.train would run with
     out = subprocess.run([sys.executable, "-c", CHILD, args.model, str(args.batch),
                           str(args.steps)], env=env, capture_output=True, text=True, check=True)
     rows.append(json.loads(out.stdout.strip().splitlines()[-1]))

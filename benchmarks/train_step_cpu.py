@@ -34,8 +34,9 @@ import tempfile
 
 import numpy as np
 
+from cnn_jax import xla_cpu
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 
 CHILD = r"""
 import json, sys, time
@@ -101,7 +102,7 @@ def main():
   ap.add_argument("--batch", type=int, default=128)
   ap.add_argument("--steps", type=int, default=12)
   ap.add_argument("--rounds", type=int, default=2)
-  ap.add_argument("--flags", nargs="+", default=["", YNN_OFF],
+  ap.add_argument("--flags", nargs="+", default=["", xla_cpu.YNN_CONV_OFF],
                   help="XLA_FLAGS values to compare ('' = none); the first is the reference")
   ap.add_argument("--profile", action="store_true")
   args = ap.parse_args()

@@ -3,8 +3,9 @@
 ``python -m cnn_jax.evaluate --workdir <dir> [--flip-tta] [--ema] [--data-dir <dir>]`` prints
 one JSON line: ``workdir``, ``step``, ``test_accuracy`` (fraction), ``test_loss``,
 ``test_count``, ``flip_tta``, ``ema``, ``wall_s`` (seconds) and the provenance of
-:mod:`cnn_jax.provenance`. It rebuilds model, optimizer state and data from the workdir's ``config.json`` (as timm's
-``validate.py`` does from a checkpoint), so a finished run can be re-scored without training.
+:mod:`cnn_jax.provenance`. It rebuilds model, optimizer state and data from the workdir's
+``config.json`` (as timm's ``validate.py`` does from a checkpoint), so a finished run can be
+re-scored without training.
 """
 
 from __future__ import annotations

@@ -26,17 +26,27 @@ KEEP_ENV = "CNN_JAX_KEEP_XLA_FLAGS"
 _TUNED_JAXLIB_PREFIX = "0.10."  # the jaxlib series the flag was measured on
 
 
-def default_xla_flags(current: str, jaxlib_version: str) -> str:
+def installed_jaxlib_version() -> str:
+  """The installed jaxlib's version string (``importlib.metadata``), '' if none is installed."""
+  try:
+    return importlib.metadata.version("jaxlib")
+  except importlib.metadata.PackageNotFoundError:
+    return ""
+
+
+def default_xla_flags(current: str, jaxlib_version: str | None = None) -> str:
   """``XLA_FLAGS`` with :data:`YNN_CONV_OFF` appended where it applies.
 
   Args:
     current: the present ``XLA_FLAGS`` value ('' if unset).
-    jaxlib_version: e.g. ``'0.10.2'``.
+    jaxlib_version: e.g. ``'0.10.2'``; default: :func:`installed_jaxlib_version`.
 
   Returns:
     ``current`` unchanged unless ``jaxlib_version`` is 0.10.x and ``current`` does not set
     ``xla_cpu_experimental_ynn_fusion_type`` already; else ``current`` plus the flag.
   """
+  if jaxlib_version is None:
+    jaxlib_version = installed_jaxlib_version()
   if (not jaxlib_version.startswith(_TUNED_JAXLIB_PREFIX)
       or "xla_cpu_experimental_ynn_fusion_type" in current):
     return current
@@ -50,7 +60,7 @@ def apply_cpu_defaults(environ: MutableMapping[str, str] | None = None,
 
   Args:
     environ: the environment to edit (default ``os.environ``).
-    jaxlib_version: default: the installed jaxlib's (``importlib.metadata``).
+    jaxlib_version: as in :func:`default_xla_flags`.
 
   Returns:
     True if ``XLA_FLAGS`` was changed.
@@ -58,11 +68,6 @@ def apply_cpu_defaults(environ: MutableMapping[str, str] | None = None,
   environ = os.environ if environ is None else environ
   if environ.get(KEEP_ENV) == "1":
     return False
-  if jaxlib_version is None:
-    try:
-      jaxlib_version = importlib.metadata.version("jaxlib")
-    except importlib.metadata.PackageNotFoundError:
-      return False
   current = environ.get("XLA_FLAGS", "")
   new = default_xla_flags(current, jaxlib_version)
   if new == current:
