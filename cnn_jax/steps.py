@@ -10,6 +10,7 @@ Juditsky 1992; as timm's ``ModelEmaV2``, which averages BatchNorm buffers too).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import flax
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cnn_jax import xla_cpu
 from cnn_jax.data import augment
 
 
@@ -124,7 +126,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, num_c
                     mean, std, seed: int, crop_pad: int = 4, pad_mode: str = "reflect",
                     flip: bool = True, label_smoothing: float = 0.0,
                     dtype=jnp.float32, bn_groups: int = 1,
-                    group_sharding=None, ema_decay: float = 0.0) -> Callable:
+                    group_sharding=None, ema_decay: float = 0.0,
+                    materialize_conv_inputs: bool = False) -> Callable:
   """Returns ``train_step(state, images, labels) -> (state, metrics)``.
 
   ``bn_groups > 1`` is ghost batch norm (Hoffer et al. 2017): the batch is split into
@@ -142,6 +145,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, num_c
   ``ema_decay > 0`` (``state`` an :class:`EmaTrainState`) also moves the weight average
   toward the new parameters and BatchNorm statistics, with decay
   ``ema_decay_at(ema_decay, state.step)``.
+
+  ``materialize_conv_inputs`` stores every ``nn.Conv`` input instead of letting XLA recompute
+  it in the backward pass (:func:`cnn_jax.xla_cpu.materialized_conv_inputs`): the same
+  results, a faster step on CPU.
   """
   base_key = jax.random.key(seed)
 
@@ -156,8 +163,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, num_c
       variables = {"params": params}
       if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
-      return model.apply(variables, x, train=True, mutable=["batch_stats"],
-                         rngs={"dropout": k_drop})
+      with (xla_cpu.materialized_conv_inputs(state.step >= 0) if materialize_conv_inputs
+            else contextlib.nullcontext()):
+        return model.apply(variables, x, train=True, mutable=["batch_stats"],
+                           rngs={"dropout": k_drop})
 
     def loss_fn(params):
       if bn_groups == 1:

@@ -166,10 +166,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"{steps_per_epoch} steps/epoch x {config.num_epochs} epochs, "
           f"{mesh.devices.size} device(s) of {jax.devices()[0].platform}, "
           f"{'resuming at step %d' % start_step if start_step else 'from scratch'}", flush=True)
+  materialize = (config.materialize_conv_inputs == "on"
+                 or (config.materialize_conv_inputs == "auto" and jax.default_backend() == "cpu"))
   writer.write({"event": "start", "step": start_step, "model": config.model.name,
                 "num_params": n_params, "data_source": ds.source, "devices": mesh.devices.size,
                 "platform": jax.devices()[0].platform, "process_count": jax.process_count(),
-                **prov})
+                "materialize_conv_inputs": materialize, **prov})
 
   ghost = config.batchnorm_stats == "per_device"
   random_flip = config.data.flip and config.data.flip_mode == "random"
@@ -182,7 +184,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                             label_smoothing=config.label_smoothing,
                             bn_groups=mesh.devices.size if ghost else 1,
                             group_sharding=batch_sh if ghost else None,
-                            ema_decay=config.ema_decay, **run.step_kwargs),
+                            ema_decay=config.ema_decay,
+                            materialize_conv_inputs=materialize, **run.step_kwargs),
       donate_argnums=0, out_shardings=(repl, repl))
   eval_step = jax.jit(steps.make_eval_step(model, **run.step_kwargs), out_shardings=repl)
   ema_eval_step = (jax.jit(steps.make_eval_step(model, **run.step_kwargs, ema=True),

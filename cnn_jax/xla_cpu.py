@@ -1,6 +1,7 @@
-"""XLA CPU flag defaults for the command-line entry points ``cnn_jax.train`` and ``.evaluate``.
+"""XLA CPU speed workarounds: flag defaults for the command-line entry points
+``cnn_jax.train`` and ``.evaluate``, and a materialization boundary for the train step.
 
-jaxlib 0.10.x sends each CPU convolution to the YNNPACK library by default.
+**Flags.** jaxlib 0.10.x sends each CPU convolution to the YNNPACK library by default.
 ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` keeps them on XLA's own
 (Eigen) convolutions, which ran a ResNet-20 train step faster, measured side by side: 1.15x on
 the 2-core EPYC VM of the earlier runs, 2.5x on a 2-core AVX2-only EPYC VM
@@ -12,14 +13,32 @@ at the first computation, not at ``import jax``), print that they did, and recor
 other jaxlib, where the flag may not exist (XLA aborts on an unknown flag). Importing
 :mod:`cnn_jax` never touches the environment: in a notebook, set ``XLA_FLAGS`` yourself
 before the first JAX computation.
+
+**Materialized conv inputs** (:func:`materialize`, :func:`materialized_conv_inputs`). The
+weight gradient of an NHWC convolution is itself a convolution over the input laid out
+channel-major, (C, H, W, N), so XLA CPU inserts a transpose of every conv input into the
+backward pass, and fuses into that transpose a recomputation of the input's producers, the
+BatchNorm/add/ReLU chain of the residual stage (seen in the optimized HLO: the fused
+transpose of the last block of a stage reads the conv outputs and BN statistics of every
+block before it). Recomputed element by element in transposed (strided) order, that chain
+took 581 ms of thread time in a 1,235 ms ResNet-20 step on a 2-core AVX2 CPU.
+``lax.optimization_barrier`` does not stop it: XLA CPU expands barriers away before fusion
+(same fusions in the optimized HLO with and without). A ``lax.cond`` boundary does: XLA
+never fuses across a conditional, so the conv input is stored once and the transpose reads
+it. See README, "Speed on CPU", for the measured step times.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import sys
-from typing import MutableMapping
+from typing import Iterator, MutableMapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 YNN_CONV_OFF = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 KEEP_ENV = "CNN_JAX_KEEP_XLA_FLAGS"
@@ -84,3 +103,38 @@ def apply_and_report(prog: str) -> None:
     print(f"{prog}: XLA_FLAGS += {YNN_CONV_OFF} (jaxlib 0.10 CPU convolutions on XLA's Eigen "
           f"path, faster train steps; {KEEP_ENV}=1 keeps XLA's default)", file=sys.stderr,
           flush=True)
+
+
+def materialize(x: jax.Array, always_true: jax.Array) -> jax.Array:
+  """Returns ``x`` unchanged, computed into memory at this point: XLA fuses none of its
+  producers into its consumers (no recomputation downstream).
+
+  Implemented as ``lax.cond(always_true, identity, zeros_like, x)``: XLA does not fuse across
+  a conditional, and cannot simplify it away because the predicate is only known at run
+  time. The result equals ``x`` exactly when ``always_true`` is True, which is the caller's
+  contract (the train step passes ``state.step >= 0``); the gradient is the identity too.
+
+  Args:
+    x: any array, e.g. a conv input ``(N, H, W, C)``; any dtype.
+    always_true: a traced boolean scalar that is True at run time.
+
+  Returns:
+    ``x``, same shape and dtype.
+  """
+  return jax.lax.cond(always_true, lambda a: a, jnp.zeros_like, x)
+
+
+@contextlib.contextmanager
+def materialized_conv_inputs(always_true: jax.Array) -> Iterator[None]:
+  """Within the block, every ``flax.linen.Conv`` call gets its input through
+  :func:`materialize` (a Flax method interceptor, ``nn.intercept_methods``; modules and
+  their parameters are unchanged). For use around ``model.apply`` inside a jitted train step
+  on CPU, where it removes the recomputation described in the module docstring."""
+
+  def interceptor(next_fun, args, kwargs, context):
+    if context.method_name == "__call__" and isinstance(context.module, nn.Conv) and args:
+      args = (materialize(args[0], always_true), *args[1:])
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(interceptor):
+    yield
