@@ -1,13 +1,16 @@
-"""CPU train-step throughput under different ``XLA_FLAGS``, side by side, and where it goes.
+"""CPU train-step throughput under different ``XLA_FLAGS`` and with or without materialized
+conv inputs, side by side, and where it goes.
 
     python benchmarks/train_step_cpu.py [--model resnet20] [--batch 128] [--steps 12]
-        [--rounds 2] [--profile]
+        [--rounds 2] [--flags F ...] [--materialize off on] [--profile]
 
 Each round runs the jitted, donated train step of ``cnn_jax.steps.make_train_step`` (the one
-``cnn_jax.train`` uses: augmentation, forward, backward, SGD update) in one subprocess per flag
-set, alternating the flag sets (A B A B ...) so that a load change on a shared machine hits
-both. Prints the median step time (ms) and train images/s of each subprocess and, per flag
-set, the median over rounds and its ratio to the first set. ``--profile`` also traces the
+``cnn_jax.train`` uses: augmentation, forward, backward, SGD update) in one subprocess per
+variant, a variant being an ``XLA_FLAGS`` value and a ``materialize_conv_inputs`` setting
+(:func:`cnn_jax.xla_cpu.materialized_conv_inputs`), alternating the variants (A B A B ...) so
+that a load change on a shared machine hits all. Prints the median step time (ms) and train
+images/s of each subprocess and, per variant, the median over rounds and its ratio to the
+first variant. ``--profile`` also traces the
 steps of the first round with ``jax.profiler`` and prints the thread time (ms per step,
 summed over XLA's worker threads) of the largest HLO fusion kinds, e.g. how much of a step
 goes to ``transpose_copy_fusion`` (layout changes feeding the weight-gradient convolutions).
@@ -44,11 +47,13 @@ import jax, numpy as np
 from cnn_jax import models, optim, steps
 from cnn_jax.config import base_config
 name, batch, n, trace_dir = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+materialize = sys.argv[5] == "on"
 model = models.create(name)
 tx, _ = optim.create_optimizer(base_config().optim, 1000, 1)
 state = steps.init_state(model, tx, jax.random.key(0), (32, 32, 3))
 step = jax.jit(steps.make_train_step(model, tx, num_classes=10, mean=[128.] * 3,
-                                     std=[64.] * 3, seed=0), donate_argnums=0)
+                                     std=[64.] * 3, seed=0,
+                                     materialize_conv_inputs=materialize), donate_argnums=0)
 rng = np.random.default_rng(0)
 x = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
 y = rng.integers(0, 10, (batch,), dtype=np.int32)
@@ -104,30 +109,33 @@ def main():
   ap.add_argument("--rounds", type=int, default=2)
   ap.add_argument("--flags", nargs="+", default=["", xla_cpu.YNN_CONV_OFF],
                   help="XLA_FLAGS values to compare ('' = none); the first is the reference")
+  ap.add_argument("--materialize", nargs="+", choices=("off", "on"), default=["off", "on"],
+                  help="materialize_conv_inputs settings to compare with each XLA_FLAGS value")
   ap.add_argument("--profile", action="store_true")
   args = ap.parse_args()
   print(f"{args.model}, batch {args.batch}, median of {args.steps} steps, {cpu_description()}")
+  variants = [(f, m) for f in args.flags for m in args.materialize]
   medians = collections.defaultdict(list)
   for r in range(args.rounds):
-    for flags in args.flags:
+    for flags, mat in variants:
       with tempfile.TemporaryDirectory() as tmp:
         trace = tmp if args.profile and r == 0 else ""
         env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=flags)
         out = subprocess.run([sys.executable, "-c", CHILD, args.model, str(args.batch),
-                              str(args.steps), trace], env=env, capture_output=True, text=True,
-                             check=True)
+                              str(args.steps), trace, mat], env=env, capture_output=True,
+                             text=True, check=True)
         s = json.loads(out.stdout.strip().splitlines()[-1])["median_s"]
-        medians[flags].append(s)
-        print(f"round {r}  XLA_FLAGS={flags!r:<62} {1e3 * s:8.1f} ms/step "
+        medians[flags, mat].append(s)
+        print(f"round {r}  XLA_FLAGS={flags!r:<62} materialize {mat:<3} {1e3 * s:8.1f} ms/step "
               f"{args.batch / s:7.1f} images/s", flush=True)
         if trace:
           for kind, ms in fusion_thread_ms(trace, args.steps):
             print(f"    {ms:8.1f} ms/step thread time  {kind}")
-  ref = float(np.median(medians[args.flags[0]]))
-  for flags in args.flags:
-    s = float(np.median(medians[flags]))
-    print(f"XLA_FLAGS={flags!r:<62} {args.batch / s:7.1f} images/s  {ref / s:5.2f}x the first")
-
+  ref = float(np.median(medians[variants[0]]))
+  for flags, mat in variants:
+    s = float(np.median(medians[flags, mat]))
+    print(f"XLA_FLAGS={flags!r:<62} materialize {mat:<3} {args.batch / s:7.1f} images/s  "
+          f"{ref / s:5.2f}x the first")
 
 if __name__ == "__main__":
   main()

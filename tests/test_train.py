@@ -158,6 +158,8 @@ def test_end_to_end_logs_checkpoints_and_resumes(cifar10_dir, cache_dir, tmp_pat
   start = recs[0]
   assert start["event"] == "start" and start["jax"] == jax.__version__
   assert start["device_count"] == jax.device_count() and start["cpu_count"] >= 1
+  # materialize_conv_inputs='auto' resolves from the backend (cnn_jax/xla_cpu.py)
+  assert start["materialize_conv_inputs"] is (jax.default_backend() == "cpu")
   git_head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
                             text=True, check=False).stdout.strip()
   assert start["git_commit"] == (git_head or None)
