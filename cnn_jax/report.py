@@ -111,12 +111,13 @@ def comparison_table(workdirs) -> str:
   """A Markdown table, one row per run in ``workdirs`` (see :func:`comparison_row`).
 
   Columns: run, model, parameters, MMACs per image (FLOPs = 2 x MACs), epochs, final and
-  best test top-1 (%), median train throughput (images/s, on the run's own hardware: compare
+  best test top-1 (%) of the weights, final test top-1 (%) of the weight EMA ('-' for runs
+  without one, ``ema_decay = 0``), median train throughput (images/s, on the run's own hardware: compare
   throughput only between rows with the same hardware column), wall time (minutes), hardware
   and commit.
   """
   head = ("| run | model | params | MMACs/image | epochs | top-1 final (%) | top-1 best (%) "
-          "| train images/s | wall (min) | hardware | commit |")
+          "| EMA top-1 final (%) | train images/s | wall (min) | hardware | commit |")
   lines = [head, "|" + " --- |" * head.count(" | ") + " --- |"]
   for w in workdirs:
     r = comparison_row(w)
@@ -127,16 +128,19 @@ def comparison_table(workdirs) -> str:
       hw = f"{r['cpu_count']}-core {hw}"
     commit = (r.get("git_commit") or "?")[:7] + ("+dirty" if r.get("git_dirty") else "")
     ips = "-" if r["median_images_per_s"] is None else f"{r['median_images_per_s']:.0f}"
+    ema = (f"{100 * r['final_ema_test_accuracy']:.2f}" if "final_ema_test_accuracy" in r
+           else "-")
     lines.append(
         f"| {r['run']} | `{r['model']}` | {r['num_params']:,} | {r['macs'] / 1e6:.2f} "
         f"| {r['epochs']:g} | {100 * r['final_test_accuracy']:.2f} "
-        f"| {100 * r['best_test_accuracy']:.2f} | {ips} | {r['wall_s'] / 60:.1f} "
+        f"| {100 * r['best_test_accuracy']:.2f} | {ema} | {ips} | {r['wall_s'] / 60:.1f} "
         f"| {hw} | {commit} |")
   return "\n".join(lines)
 
 
 def plot(metrics_path: str | pathlib.Path, out: str | pathlib.Path) -> None:
-  """Writes train loss and test top-1 against epochs to ``out`` (PNG)."""
+  """Writes train loss and test top-1 against epochs to ``out`` (PNG); test top-1 of the
+  weight EMA too, for runs that kept one."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -146,7 +150,13 @@ def plot(metrics_path: str | pathlib.Path, out: str | pathlib.Path) -> None:
   fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
   a.plot([r["epoch"] for r in tr], [r["train_loss"] for r in tr])
   a.set(xlabel="epoch", ylabel="train loss", yscale="log")
-  b.plot([r["epoch"] for r in ev], [100 * r["test_accuracy"] for r in ev], marker=".")
+  b.plot([r["epoch"] for r in ev], [100 * r["test_accuracy"] for r in ev], marker=".",
+         label="weights")
+  if any("ema_test_accuracy" in r for r in ev):
+    b.plot([r["epoch"] for r in ev if "ema_test_accuracy" in r],
+           [100 * r["ema_test_accuracy"] for r in ev if "ema_test_accuracy" in r], marker=".",
+           label="weight EMA")
+    b.legend()
   b.set(xlabel="epoch", ylabel="test top-1 (%)")
   for ax in (a, b):
     ax.grid(alpha=0.3)

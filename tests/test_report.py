@@ -59,7 +59,9 @@ def test_comparison_table_row_and_provenance_sidecar(tmp_path):
   _write_run(tmp_path / "old_run", [RECORDS[0]] + no_prov)
   (tmp_path / "old_run" / "provenance.json").write_text(json.dumps(
       {"git_commit": "b" * 40, "git_dirty": False, "cpu": "Side CPU", "cpu_count": 4}))
-  _write_run(tmp_path / "new_run", RECORDS)
+  # The resumed run also kept a weight EMA: its final EMA top-1 gets its own column.
+  _write_run(tmp_path / "new_run", [dict(r, ema_test_accuracy=r["test_accuracy"] + 0.1)
+                                    if "test_accuracy" in r else r for r in RECORDS])
   lines = report.comparison_table([tmp_path / "old_run", tmp_path / "new_run"]).splitlines()
   assert len(lines) == 4 and lines[0].count("|") == lines[1].count("|") == lines[2].count("|")
   # cifar10_cnn MACs per 32x32 image, by hand: convs 32x32x(3*9*32 + 32*9*32),
@@ -67,5 +69,13 @@ def test_comparison_table_row_and_provenance_sidecar(tmp_path):
   macs = (32 * 32 * 9 * (3 * 32 + 32 * 32) + 16 * 16 * 9 * (32 * 64 + 64 * 64)
           + 8 * 8 * 9 * (64 * 128 + 128 * 128) + 128 * 10)
   assert lines[2].startswith(f"| old_run | `cifar10_cnn` | 289,194 | {macs / 1e6:.2f} | 2 "
-                             f"| 45.00 | 50.00 | 250 | 0.5 | 4-core Side CPU | bbbbbbb |")
-  assert lines[3].endswith("| 250 | 0.9 | 2-core Test CPU | aaaaaaa |")
+                             f"| 45.00 | 50.00 | - | 250 | 0.5 | 4-core Side CPU | bbbbbbb |")
+  assert lines[3].endswith("| 45.00 | 50.00 | 55.00 | 250 | 0.9 | 2-core Test CPU | aaaaaaa |")
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_plot_writes_a_png_with_and_without_ema(tmp_path, ema):
+  recs = [dict(r, ema_test_accuracy=0.6) if ema and "test_accuracy" in r else r for r in RECORDS]
+  _write_run(tmp_path / "run", recs)
+  report.plot(tmp_path / "run" / "metrics.jsonl", tmp_path / "curves.png")
+  assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
