@@ -112,9 +112,9 @@ def comparison_table(workdirs) -> str:
 
   Columns: run, model, parameters, MMACs per image (FLOPs = 2 x MACs), epochs, final and
   best test top-1 (%) of the weights, final test top-1 (%) of the weight EMA ('-' for runs
-  without one, ``ema_decay = 0``), median train throughput (images/s, on the run's own hardware: compare
-  throughput only between rows with the same hardware column), wall time (minutes), hardware
-  and commit.
+  without one, ``ema_decay = 0``), median train throughput (images/s, on the run's own
+  hardware: compare throughput only between rows with the same hardware column), wall time
+  (minutes), hardware and commit.
   """
   head = ("| run | model | params | MMACs/image | epochs | top-1 final (%) | top-1 best (%) "
           "| EMA top-1 final (%) | train images/s | wall (min) | hardware | commit |")

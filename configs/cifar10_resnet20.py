@@ -9,8 +9,9 @@ Expected: the target is >= 88% test top-1 within 30 epochs; this recipe falls sh
 JPEG copy of CIFAR-10. Closest so far: ``--config.model.kwargs.shortcut=B
 --config.data.flip_mode=alternating --config.ema_decay=0.999`` gives 87.94% for the weight EMA
 (87.67% for the weights; experiments/cifar10_resnet20_optB_altflip_ema_30ep/, 82 min on a
-2-core AVX-512 Xeon at 335 images/s). The defaults as written give 87.73% (experiments/cifar10_resnet20_wd1e-3_30ep/, 118 min on a
-2-core CPU at 228 images/s; 88.71% with flip test-time augmentation, a different protocol).
+2-core AVX-512 Xeon at 335 images/s). The defaults as written give 87.73%
+(experiments/cifar10_resnet20_wd1e-3_30ep/, 118 min on a 2-core AMD EPYC at 228 images/s;
+88.71% with flip test-time augmentation, a different protocol).
 ``--config.model.kwargs.shortcut=B`` (1x1 projections) gave 87.75%
 (experiments/cifar10_resnet20_optB_wd1e-3_30ep/): the same within noise; that plus
 ``--config.optim.weight_decay=2e-3 --config.data.flip_mode=alternating`` 87.69%
