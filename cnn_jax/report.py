@@ -152,10 +152,10 @@ def plot(metrics_path: str | pathlib.Path, out: str | pathlib.Path) -> None:
   a.set(xlabel="epoch", ylabel="train loss", yscale="log")
   b.plot([r["epoch"] for r in ev], [100 * r["test_accuracy"] for r in ev], marker=".",
          label="weights")
-  if any("ema_test_accuracy" in r for r in ev):
-    b.plot([r["epoch"] for r in ev if "ema_test_accuracy" in r],
-           [100 * r["ema_test_accuracy"] for r in ev if "ema_test_accuracy" in r], marker=".",
-           label="weight EMA")
+  ev_ema = [r for r in ev if "ema_test_accuracy" in r]
+  if ev_ema:
+    b.plot([r["epoch"] for r in ev_ema], [100 * r["ema_test_accuracy"] for r in ev_ema],
+           marker=".", label="weight EMA")
     b.legend()
   b.set(xlabel="epoch", ylabel="test top-1 (%)")
   for ax in (a, b):
