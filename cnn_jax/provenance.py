@@ -18,7 +18,7 @@ _REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # The keys of run_provenance(), in order; cnn_jax.report copies these from a start record.
 KEYS = ("git_commit", "git_dirty", "git_dirty_files", "jax", "jaxlib", "python", "device_kind",
-        "device_count", "cpu", "cpu_count", "xla_flags")
+        "device_count", "cpu", "cpu_count", "xla_flags", "ld_preload")
 
 
 def _git(*args: str) -> str | None:
@@ -63,7 +63,9 @@ def run_provenance() -> dict:
   README edit is not a code change; None outside git), ``jax``, ``jaxlib``,
   ``python`` (versions), ``device_kind`` (e.g. ``'cpu'``, ``'TPU v5 lite'``),
   ``device_count`` (global), ``cpu`` (host CPU model), ``cpu_count`` (logical CPUs visible to
-  this process), ``xla_flags`` (the ``XLA_FLAGS`` environment variable, '' if unset).
+  this process), ``xla_flags`` (the ``XLA_FLAGS`` environment variable, '' if unset),
+  ``ld_preload`` (``LD_PRELOAD``, '' if unset: a preloaded allocator such as tcmalloc changes
+  CPU step times, see README "Speed on CPU").
   """
   import jaxlib  # pylint: disable=g-import-not-at-top
   commit = _git("rev-parse", "HEAD")
@@ -85,4 +87,5 @@ def run_provenance() -> dict:
       "cpu": cpu_model(),
       "cpu_count": n_cpu,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "ld_preload": os.environ.get("LD_PRELOAD", ""),
   }
