@@ -1,16 +1,18 @@
-"""CPU train-step throughput under different ``XLA_FLAGS`` and with or without materialized
-conv inputs, side by side, and where it goes.
+"""CPU train-step throughput under different ``XLA_FLAGS``, with or without materialized
+conv inputs, and under different memory allocators, side by side, and where it goes.
 
     python benchmarks/train_step_cpu.py [--model resnet20] [--batch 128] [--steps 12]
-        [--rounds 2] [--flags F ...] [--materialize off on] [--profile]
+        [--rounds 2] [--flags F ...] [--materialize off on] [--preload P ...] [--profile]
 
 Each round runs the jitted, donated train step of ``cnn_jax.steps.make_train_step`` (the one
 ``cnn_jax.train`` uses: augmentation, forward, backward, SGD update) in one subprocess per
-variant, a variant being an ``XLA_FLAGS`` value and a ``materialize_conv_inputs`` setting
-(:func:`cnn_jax.xla_cpu.materialized_conv_inputs`), alternating the variants (A B A B ...) so
-that a load change on a shared machine hits all. Prints the median step time (ms) and train
-images/s of each subprocess and, per variant, the median over rounds and its ratio to the
-first variant. ``--profile`` also traces the
+variant, a variant being an ``XLA_FLAGS`` value, a ``materialize_conv_inputs`` setting
+(:func:`cnn_jax.xla_cpu.materialized_conv_inputs`) and an ``LD_PRELOAD`` value ('' = glibc
+malloc; ``tcmalloc`` = :func:`cnn_jax.xla_cpu.find_tcmalloc`), alternating the variants
+(A B A B ...) so that a load change on a shared machine hits all. Prints the median step
+time (ms), train images/s and minor page faults per step (``getrusage``) of each subprocess
+and, per variant, the median over rounds and its ratio to the first variant. ``--profile``
+also traces the
 steps of the first round with ``jax.profiler`` and prints the thread time (ms per step,
 summed over XLA's worker threads) of the largest HLO fusion kinds, e.g. how much of a step
 goes to ``transpose_copy_fusion`` (layout changes feeding the weight-gradient convolutions).
@@ -42,7 +44,7 @@ from cnn_jax import xla_cpu
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 CHILD = r"""
-import json, sys, time
+import json, resource, sys, time
 import jax, numpy as np
 from cnn_jax import models, optim, steps
 from cnn_jax.config import base_config
@@ -63,12 +65,14 @@ jax.block_until_ready(m)
 if trace_dir:
   jax.profiler.start_trace(trace_dir)
 times = []
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(n):
   t = time.perf_counter(); state, m = step(state, x, y); jax.block_until_ready(m)
   times.append(time.perf_counter() - t)
 if trace_dir:
   jax.profiler.stop_trace()
-print(json.dumps({"median_s": float(np.median(times))}))
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+print(json.dumps({"median_s": float(np.median(times)), "minflt_per_step": faults / n}))
 """
 
 
@@ -111,31 +115,40 @@ def main():
                   help="XLA_FLAGS values to compare ('' = none); the first is the reference")
   ap.add_argument("--materialize", nargs="+", choices=("off", "on"), default=["off", "on"],
                   help="materialize_conv_inputs settings to compare with each XLA_FLAGS value")
+  ap.add_argument("--preload", nargs="+", default=[""],
+                  help="LD_PRELOAD values to compare ('' = none, 'tcmalloc' = the installed "
+                       "libtcmalloc found by cnn_jax.xla_cpu.find_tcmalloc)")
   ap.add_argument("--profile", action="store_true")
   args = ap.parse_args()
   print(f"{args.model}, batch {args.batch}, median of {args.steps} steps, {cpu_description()}")
-  variants = [(f, m) for f in args.flags for m in args.materialize]
+  preloads = [xla_cpu.find_tcmalloc() if p == "tcmalloc" else p for p in args.preload]
+  if None in preloads:
+    raise SystemExit("--preload tcmalloc: no libtcmalloc found in "
+                     f"{xla_cpu.LIBRARY_DIRS} (apt install libtcmalloc-minimal4)")
+  variants = [(f, m, p) for f in args.flags for m in args.materialize for p in preloads]
   medians = collections.defaultdict(list)
   for r in range(args.rounds):
-    for flags, mat in variants:
+    for flags, mat, preload in variants:
       with tempfile.TemporaryDirectory() as tmp:
         trace = tmp if args.profile and r == 0 else ""
-        env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=flags)
+        env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=flags, LD_PRELOAD=preload)
         out = subprocess.run([sys.executable, "-c", CHILD, args.model, str(args.batch),
                               str(args.steps), trace, mat], env=env, capture_output=True,
                              text=True, check=True)
-        s = json.loads(out.stdout.strip().splitlines()[-1])["median_s"]
-        medians[flags, mat].append(s)
-        print(f"round {r}  XLA_FLAGS={flags!r:<62} materialize {mat:<3} {1e3 * s:8.1f} ms/step "
-              f"{args.batch / s:7.1f} images/s", flush=True)
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        s = res["median_s"]
+        medians[flags, mat, preload].append(s)
+        print(f"round {r}  XLA_FLAGS={flags!r:<62} materialize {mat:<3} "
+              f"LD_PRELOAD={preload!r} {1e3 * s:8.1f} ms/step {args.batch / s:7.1f} images/s "
+              f"{res['minflt_per_step']:9.0f} minor faults/step", flush=True)
         if trace:
           for kind, ms in fusion_thread_ms(trace, args.steps):
             print(f"    {ms:8.1f} ms/step thread time  {kind}")
   ref = float(np.median(medians[variants[0]]))
-  for flags, mat in variants:
-    s = float(np.median(medians[flags, mat]))
-    print(f"XLA_FLAGS={flags!r:<62} materialize {mat:<3} {args.batch / s:7.1f} images/s  "
-          f"{ref / s:5.2f}x the first")
+  for flags, mat, preload in variants:
+    s = float(np.median(medians[flags, mat, preload]))
+    print(f"XLA_FLAGS={flags!r:<62} materialize {mat:<3} LD_PRELOAD={preload!r} "
+          f"{args.batch / s:7.1f} images/s  {ref / s:5.2f}x the first")
 
 if __name__ == "__main__":
   main()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 import time
 from typing import Callable, NamedTuple
 
@@ -272,12 +273,15 @@ def main(argv):
   from absl import flags, logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
   parallel.maybe_initialize_distributed()
+  if jax.default_backend() == "cpu" and jax.process_index() == 0:
+    hint = xla_cpu.allocator_hint()
+    if hint:
+      print(f"cnn_jax.train: {hint}", file=sys.stderr, flush=True)
   cfg = flags.FLAGS.config
   train_and_evaluate(cfg, flags.FLAGS.workdir)
 
 
 def _cli():
-  import sys  # pylint: disable=g-import-not-at-top
   from absl import app, flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from cnn_jax.config import check_overrides  # pylint: disable=g-import-not-at-top

@@ -197,6 +197,7 @@ def test_end_to_end_logs_checkpoints_and_resumes(cifar10_dir, cache_dir, tmp_pat
     assert sorted(start["git_dirty_files"]) == sorted(changed)
     assert start["git_dirty"] == bool(changed)
   assert set(start) >= set(provenance.KEYS)
+  assert start["ld_preload"] == os.environ.get("LD_PRELOAD", "")
   summary = report.summarize(tmp_path / "a" / "metrics.jsonl")
   assert summary["final_test_accuracy"] == evals[-1]["test_accuracy"]
   assert summary["test_count"] == 70 and summary["git_commit"] == start["git_commit"]
@@ -301,6 +302,8 @@ def test_cli_override_reaches_the_run(cifar10_dir, cache_dir, tmp_path):
   if os.environ.get(xla_cpu.KEEP_ENV) != "1":
     assert start["xla_flags"] == want
     assert (xla_cpu.YNN_CONV_OFF in r.stderr) == (want != "")
+  # The allocator advice appears exactly when it applies to this process's environment.
+  assert ("tcmalloc" in r.stderr) == (xla_cpu.allocator_hint() is not None)
 
 
 def test_alternating_flip_shows_each_image_mirrored_once_per_two_epochs(

@@ -34,6 +34,31 @@ def test_apply_edits_the_given_environment_and_honours_the_opt_out():
   assert xla_cpu.apply_cpu_defaults(other, "0.12.0") is False and other == {}
 
 
+def test_find_tcmalloc_returns_the_first_library_found(tmp_path):
+  empty, lib = tmp_path / "empty", tmp_path / "lib"
+  empty.mkdir()
+  lib.mkdir()
+  assert xla_cpu.find_tcmalloc([str(empty)]) is None
+  (lib / "libtcmalloc.so.4").write_bytes(b"")
+  assert xla_cpu.find_tcmalloc([str(empty), str(lib)]) == str(lib / "libtcmalloc.so.4")
+  (lib / "libtcmalloc_minimal.so.4").write_bytes(b"")  # the minimal build is preferred
+  assert xla_cpu.find_tcmalloc([str(lib)]) == str(lib / "libtcmalloc_minimal.so.4")
+
+
+def test_allocator_hint_only_on_linux_without_a_preloaded_allocator(tmp_path):
+  none = xla_cpu.allocator_hint({}, "linux", [str(tmp_path)])
+  assert "LD_PRELOAD=<libtcmalloc_minimal.so.4> (apt install libtcmalloc-minimal4)" in none
+  lib = tmp_path / "libtcmalloc_minimal.so.4"
+  lib.write_bytes(b"")
+  hint = xla_cpu.allocator_hint({}, "linux", [str(tmp_path)])
+  assert hint.endswith(f"start with LD_PRELOAD={lib}")
+  other = {"LD_PRELOAD": "/opt/libunrelated.so"}
+  assert xla_cpu.allocator_hint(other, "linux", [str(tmp_path)]) == hint
+  for preload in (str(lib), "/usr/lib/libjemalloc.so.2", "libmimalloc.so"):
+    assert xla_cpu.allocator_hint({"LD_PRELOAD": preload}, "linux", [str(tmp_path)]) is None
+  assert xla_cpu.allocator_hint({}, "darwin", [str(tmp_path)]) is None
+
+
 def test_materialize_is_the_identity_and_so_is_its_gradient():
   x = jax.random.normal(jax.random.key(0), (2, 5, 5, 3))
   w = jax.random.normal(jax.random.key(1), x.shape)
