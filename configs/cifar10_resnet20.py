@@ -6,9 +6,10 @@ Run (offline, with the JPEG copy of CIFAR-10)::
     python -m cnn_jax.train --config configs/cifar10_resnet20.py --workdir runs/resnet20
 
 Expected: the target is >= 88% test top-1 within 30 epochs; this recipe falls short on the
-JPEG copy of CIFAR-10. ``configs/cifar10_resnet20_bs256_ema.py`` (option B, alternating flip,
-batch 256, weight EMA) reaches 88.05% (EMA; weights 87.85%). At batch 128: ``--config.model.kwargs.shortcut=B
---config.data.flip_mode=alternating --config.ema_decay=0.999`` gives 87.94% for the weight EMA
+JPEG copy of CIFAR-10. ``configs/cifar10_resnet20_bs256_ema.py`` (option B, alternating
+flip, batch 256, weight EMA) reaches 88.05% (EMA; weights 87.85%). At batch 128:
+``--config.model.kwargs.shortcut=B --config.data.flip_mode=alternating
+--config.ema_decay=0.999`` gives 87.94% for the weight EMA
 (87.67% for the weights; experiments/cifar10_resnet20_optB_altflip_ema_30ep/, 82 min on a
 2-core AVX-512 Xeon at 335 images/s). The defaults as written give 87.73%
 (experiments/cifar10_resnet20_wd1e-3_30ep/, 118 min on a 2-core AMD EPYC at 228 images/s;
