@@ -75,11 +75,20 @@ def summarize(metrics_path: str | pathlib.Path) -> dict:
   }
 
 
+def run_config(workdir: str | pathlib.Path) -> dict:
+  """The run's logged config, ``<workdir>/config.json``, as a dict.
+
+  Raises:
+    FileNotFoundError: the workdir has no ``config.json``.
+  """
+  return json.loads((pathlib.Path(workdir) / "config.json").read_text())
+
 def comparison_row(workdir: str | pathlib.Path) -> dict:
   """One row of the comparison table: :func:`summarize` of ``workdir/metrics.jsonl`` plus
   ``macs`` (multiply-accumulates per image of one forward pass, counted by
   :func:`cnn_jax.summary.count_macs` on the model that ``workdir/config.json`` names, at its
-  dataset's image size) and ``run`` (the workdir's name). Provenance keys (``git_commit``,
+  dataset's image size), ``run`` (the workdir's name), and ``dataset``, ``batch_size`` and
+  ``seed`` from the config. Provenance keys (``git_commit``,
   ``cpu``, ...) missing from the log are taken from ``workdir/provenance.json`` if present.
 
   Raises:
@@ -91,7 +100,7 @@ def comparison_row(workdir: str | pathlib.Path) -> dict:
   from cnn_jax.data.datasets import DATASETS  # pylint: disable=g-import-not-at-top
   from cnn_jax.summary import count_macs  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
-  cfg = json.loads((workdir / "config.json").read_text())
+  cfg = run_config(workdir)
   info = DATASETS[cfg["data"]["name"]]
   model = models.create(cfg["model"]["name"], num_classes=info.num_classes,
                         **cfg["model"].get("kwargs", {}))
@@ -103,9 +112,24 @@ def comparison_row(workdir: str | pathlib.Path) -> dict:
     for k, v in json.loads(side.read_text()).items():
       row.setdefault(k, v)
   row.update(run=workdir.name, macs=count_macs(model, info.image_shape),
-             dataset=cfg["data"]["name"], batch_size=cfg["batch_size"])
+             dataset=cfg["data"]["name"], batch_size=cfg["batch_size"], seed=cfg["seed"])
   return row
 
+
+def hardware_label(row: dict) -> str:
+  """``'2-core AMD EPYC'`` or ``'8 x TPU v5 lite'``: where a run (a :func:`summarize` or
+  :func:`comparison_row` dict) trained, for a table's hardware column."""
+  hw = row.get("cpu") or row.get("platform") or "?"
+  if row.get("device_kind") and row.get("device_kind") != "cpu":
+    return f"{row['devices']} x {row['device_kind']}"
+  if row.get("cpu_count"):
+    return f"{row['cpu_count']}-core {hw}"
+  return hw
+
+
+def commit_label(row: dict) -> str:
+  """The run's commit, 7 hex digits, with ``+dirty`` when tracked files differed from it."""
+  return (row.get("git_commit") or "?")[:7] + ("+dirty" if row.get("git_dirty") else "")
 
 def comparison_table(workdirs) -> str:
   """A Markdown table, one row per run in ``workdirs`` (see :func:`comparison_row`).
@@ -121,12 +145,7 @@ def comparison_table(workdirs) -> str:
   lines = [head, "|" + " --- |" * head.count(" | ") + " --- |"]
   for w in workdirs:
     r = comparison_row(w)
-    hw = r.get("cpu") or r.get("platform") or "?"
-    if r.get("device_kind") and r.get("device_kind") != "cpu":
-      hw = f"{r['devices']} x {r['device_kind']}"
-    elif r.get("cpu_count"):
-      hw = f"{r['cpu_count']}-core {hw}"
-    commit = (r.get("git_commit") or "?")[:7] + ("+dirty" if r.get("git_dirty") else "")
+    hw, commit = hardware_label(r), commit_label(r)
     ips = "-" if r["median_images_per_s"] is None else f"{r['median_images_per_s']:.0f}"
     ema = (f"{100 * r['final_ema_test_accuracy']:.2f}" if "final_ema_test_accuracy" in r
            else "-")
@@ -137,6 +156,58 @@ def comparison_table(workdirs) -> str:
         f"| {hw} | {commit} |")
   return "\n".join(lines)
 
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+  """A GitHub-flavoured Markdown table: ``header`` (column names) then one line per row of
+  ``rows`` (cells already formatted as strings, or values passed through ``str``; a ``|``
+  inside a cell is escaped).
+
+  Raises:
+    ValueError: a row's length differs from the header's (names the row).
+  """
+  lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+  for i, row in enumerate(rows):
+    if len(row) != len(header):
+      raise ValueError(f"row {i} has {len(row)} cells, the header {len(header)}: {row!r}")
+    lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def csv_table(header: list[str], rows: list[list]) -> str:
+  """The cells of :func:`markdown_table` as CSV (RFC 4180 quoting, ``\\n`` line ends)."""
+  import csv  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  buf = io.StringIO()
+  w = csv.writer(buf, lineterminator="\n")
+  w.writerow(header)
+  w.writerows([[str(c) for c in row] for row in rows])
+  return buf.getvalue()
+
+
+def write_table(stem: str | pathlib.Path, header: list[str], rows: list[list]) -> str:
+  """Writes ``<stem>.md`` (:func:`markdown_table`) and ``<stem>.csv`` (:func:`csv_table`)
+  and returns the Markdown. Both are deterministic functions of ``header`` and ``rows``,
+  so a table rebuilt from the same logs is byte-identical.
+  """
+  stem = pathlib.Path(stem)
+  md = markdown_table(header, rows)
+  stem.with_suffix(".md").write_text(md)
+  stem.with_suffix(".csv").write_text(csv_table(header, rows))
+  return md
+
+
+def stale_table_files(stem: str | pathlib.Path, header: list[str], rows: list[list]) -> list[str]:
+  """The files among ``<stem>.md`` and ``<stem>.csv`` whose content is not what
+  :func:`write_table` would write now (missing files included); ``[]`` when both are
+  byte-identical. For a report's ``--check``."""
+  stem = pathlib.Path(stem)
+  want = {".md": markdown_table(header, rows), ".csv": csv_table(header, rows)}
+  stale = []
+  for suffix, text in want.items():
+    path = stem.with_suffix(suffix)
+    if not path.is_file() or path.read_text() != text:
+      stale.append(str(path))
+  return stale
 
 def plot(metrics_path: str | pathlib.Path, out: str | pathlib.Path) -> None:
   """Writes train loss and test top-1 against epochs to ``out`` (PNG); test top-1 of the
@@ -163,6 +234,55 @@ def plot(metrics_path: str | pathlib.Path, out: str | pathlib.Path) -> None:
   fig.tight_layout()
   fig.savefig(out, dpi=120)
 
+
+def plot_runs(workdirs, labels, out: str | pathlib.Path, title: str) -> None:
+  """Training curves of several runs in one PNG: train loss (log scale) and test top-1
+  (%) against epochs, one line per run labelled by ``labels``.
+
+  Raises:
+    ValueError: ``labels`` and ``workdirs`` differ in length.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  if len(labels) != len(workdirs):
+    raise ValueError(f"{len(labels)} labels for {len(workdirs)} runs")
+  fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+  for w, label in zip(workdirs, labels):
+    recs = read_jsonl(pathlib.Path(w) / "metrics.jsonl")
+    tr = [r for r in recs if "train_loss" in r and "test_accuracy" not in r]
+    ev = [r for r in recs if "test_accuracy" in r]
+    line, = a.plot([r["epoch"] for r in tr], [r["train_loss"] for r in tr], label=label)
+    b.plot([r["epoch"] for r in ev], [100 * r["test_accuracy"] for r in ev], marker=".",
+           color=line.get_color(), label=label)
+  a.set(xlabel="epoch", ylabel="train loss (cross-entropy)", yscale="log", title="training")
+  b.set(xlabel="epoch", ylabel="test top-1 (%)", title="test")
+  for ax in (a, b):
+    ax.grid(alpha=0.3)
+  b.legend(fontsize="small")
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+
+def plot_tradeoff(points: list[tuple[str, float, float]], out: str | pathlib.Path, *,
+                  xlabel: str, ylabel: str, title: str, series: str = "") -> None:
+  """A scatter of ``(label, x, y)`` points on a log x axis, each point annotated with its
+  label: accuracy against parameters or MACs. ``series`` names the points in the legend."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  ax.scatter([p[1] for p in points], [p[2] for p in points], label=series or None, zorder=3)
+  for label, x, y in points:
+    ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+  ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+  ax.grid(alpha=0.3, which="both")
+  if series:
+    ax.legend(fontsize="small")
+  fig.tight_layout()
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -66,6 +66,9 @@ PUBLISHED_COUNTS = [
     ("seresnet50", {}, IMNET, 1000, 28_088_024),
     ("cbam_resnet50", {}, IMNET, 1000, 28_089_624),
     # He et al. 2016 (Identity Mappings), CIFAR-10.
+    # Depth 20: 270,256 conv + 650 fc + 1,376 BN (in-channel and out-channel BN per block,
+    # final BN; no stem BN) = 272,282, counted by hand from the layer list.
+    ("preact_resnet20", {}, CIFAR, 10, 272_282),
     ("preact_resnet110", {}, CIFAR, 10, 1_730_522),
     ("preact_resnet164", {}, CIFAR, 10, 1_703_258),
     ("preact_resnet1001", {}, CIFAR, 10, 10_327_706),

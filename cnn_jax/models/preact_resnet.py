@@ -135,6 +135,10 @@ class PreActResNet(nn.Module):
     return x.astype(jnp.float32)
 
 
+# The depth-20 member (same stages and widths as the CIFAR ResNet-20 of He et al. 2015): the
+# small pre-activation ResNet of the equal-budget family comparison.
+register("preact_resnet20", functools.partial(PreActResNet, block="basic",
+                                              stage_sizes=(3, 3, 3)))
 register("preact_resnet110", functools.partial(PreActResNet, block="basic",
                                                stage_sizes=(18, 18, 18)))
 register("preact_resnet164", functools.partial(PreActResNet, block="bottleneck",
