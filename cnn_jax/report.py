@@ -83,6 +83,7 @@ def run_config(workdir: str | pathlib.Path) -> dict:
   """
   return json.loads((pathlib.Path(workdir) / "config.json").read_text())
 
+
 def comparison_row(workdir: str | pathlib.Path) -> dict:
   """One row of the comparison table: :func:`summarize` of ``workdir/metrics.jsonl`` plus
   ``macs`` (multiply-accumulates per image of one forward pass, counted by
@@ -130,6 +131,7 @@ def hardware_label(row: dict) -> str:
 def commit_label(row: dict) -> str:
   """The run's commit, 7 hex digits, with ``+dirty`` when tracked files differed from it."""
   return (row.get("git_commit") or "?")[:7] + ("+dirty" if row.get("git_dirty") else "")
+
 
 def comparison_table(workdirs) -> str:
   """A Markdown table, one row per run in ``workdirs`` (see :func:`comparison_row`).
@@ -209,6 +211,7 @@ def stale_table_files(stem: str | pathlib.Path, header: list[str], rows: list[li
       stale.append(str(path))
   return stale
 
+
 def plot(metrics_path: str | pathlib.Path, out: str | pathlib.Path) -> None:
   """Writes train loss and test top-1 against epochs to ``out`` (PNG); test top-1 of the
   weight EMA too, for runs that kept one."""
@@ -265,6 +268,7 @@ def plot_runs(workdirs, labels, out: str | pathlib.Path, title: str) -> None:
   fig.savefig(out, dpi=110)
   plt.close(fig)
 
+
 def plot_tradeoff(points: list[tuple[str, float, float]], out: str | pathlib.Path, *,
                   xlabel: str, ylabel: str, title: str, series: str = "") -> None:
   """A scatter of ``(label, x, y)`` points on a log x axis, each point annotated with its
@@ -284,6 +288,114 @@ def plot_tradeoff(points: list[tuple[str, float, float]], out: str | pathlib.Pat
   fig.savefig(out, dpi=110)
   plt.close(fig)
 
+HEADER_END = ("<!-- end of the header written by `python -m cnn_jax.report <this folder> --header "
+              "--write`; free-text notes below -->")
+
+
+def run_command(workdir: str | pathlib.Path) -> str | None:
+  """The command that trained the run in ``workdir``: the first line of ``stdout.log`` when
+  it is one (``$ <command>``, as :mod:`cnn_jax.sweep` writes it), else the code span that
+  opens the ``| command |`` table row of the notes in ``README.md`` (runs launched by hand),
+  else None."""
+  workdir = pathlib.Path(workdir)
+  log = workdir / "stdout.log"
+  if log.is_file():
+    with log.open() as f:
+      first = f.readline().rstrip("\n")
+    if first.startswith("$ "):
+      return first[2:]
+  readme = workdir / "README.md"
+  if readme.is_file():
+    head = "| command | `"
+    for line in readme.read_text().splitlines():
+      if line.startswith(head) and "`" in line[len(head):]:
+        return line[len(head):].split("`", 1)[0]
+  return None
+
+
+def run_header(workdir: str | pathlib.Path) -> str:
+  """The header every run folder's ``README.md`` opens with (Markdown, ending in
+  :data:`HEADER_END` and a newline): a title (the folder's name), then one line each for the
+  command (:func:`run_command`), config (model, data, epochs, batch, seed; parameters and MACs
+  from :func:`comparison_row`), commit of each segment (``provenance.json`` when the log
+  predates provenance logging), hardware, wall time and result (final and best test top-1,
+  and of the weight EMA when the run kept one). Computed from the folder's logs alone, so a
+  test can check that a README's header is current.
+
+  Raises:
+    as :func:`comparison_row`.
+  """
+  workdir = pathlib.Path(workdir)
+  row, cfg = comparison_row(workdir), run_config(workdir)
+  starts = [r for r in read_jsonl(workdir / "metrics.jsonl") if r.get("event") == "start"]
+  cmd = run_command(workdir)
+  kwargs = cfg["model"].get("kwargs") or {}
+  model = f"`{cfg['model']['name']}`" + (
+      " (" + ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items())) + ")" if kwargs else "")
+  data = row["dataset"] + (f" (`{row['data_source']}`)" if row.get("data_source") else "")
+  epochs = f"{row['epochs']:g} epoch{'s' if row['epochs'] != 1 else ''}" + (
+      f" of the {cfg['num_epochs']} configured" if row["epochs"] != cfg["num_epochs"] else "")
+  size = (f"{row['num_params']:,} parameters, " if row.get("num_params") else "") + (
+      f"{row['macs'] / 1e6:.2f} MMACs/image")
+  logged = [commit_label(s) for s in starts if s.get("git_commit")]
+  if len(logged) == len(starts) and logged:
+    commit = ", ".join(f"`{c}`" for c in logged) + (
+        f" ({len(starts)} segments, in order; logged in `metrics.jsonl`)" if len(starts) > 1
+        else " (logged in `metrics.jsonl`)")
+  elif row.get("git_commit"):
+    commit = f"`{commit_label(row)}` (`provenance.json`: the log predates provenance logging)"
+  else:
+    commit = "not recorded"
+  hw = [hardware_label(row)]
+  if row.get("jax"):
+    hw.append(f"jax {row['jax']}")
+  if row.get("xla_flags"):
+    hw.append(f"`XLA_FLAGS={row['xla_flags']}`")
+  if row.get("ld_preload"):
+    hw.append(f"`LD_PRELOAD={row['ld_preload']}`")
+  segs = f", summed over {row['segments']} segments" if row["segments"] > 1 else ""
+  ips = row["median_images_per_s"]
+  wall = (f"{row['wall_s'] / 60:.1f} min ({row['wall_s']:,.0f} s{segs}) for "
+          f"{row['steps']:,} steps" + (f"; median {ips:.0f} train images/s" if ips else ""))
+  n = row.get("test_count")
+
+  def pct(a):
+    return f"{100 * a:.2f}%" + (f" ({round(a * n):,} / {n:,})" if n else "")
+
+  result = (f"test top-1 final {pct(row['final_test_accuracy'])}, best "
+            f"{100 * row['best_test_accuracy']:.2f}% (epoch {row['best_epoch']:g})")
+  if "final_ema_test_accuracy" in row:
+    result += (f"; weight EMA final {pct(row['final_ema_test_accuracy'])}, best "
+               f"{100 * row['best_ema_test_accuracy']:.2f}%")
+  lines = [
+      f"# {workdir.name}",
+      "",
+      "- **command**: " + (f"`{cmd}`" if cmd else "not recorded"),
+      f"- **config**: {model} on {data}, {epochs} at batch {row['batch_size']}, seed "
+      f"{row['seed']}; {size} (full config: `config.json`)",
+      f"- **commit**: {commit}",
+      "- **hardware**: " + ", ".join(hw),
+      f"- **wall time**: {wall}",
+      f"- **result**: {result}",
+      "",
+      HEADER_END,
+  ]
+  return "\n".join(lines) + "\n"
+
+
+def readme_with_header(workdir: str | pathlib.Path) -> str:
+  """``workdir/README.md`` with a current :func:`run_header` on top. The notes kept below it
+  are what follows an existing header's :data:`HEADER_END` line, else the whole old file with
+  its title demoted to a second-level heading (the header's title is the page's)."""
+  readme = pathlib.Path(workdir) / "README.md"
+  old = readme.read_text() if readme.is_file() else ""
+  if HEADER_END in old:
+    notes = old.split(HEADER_END, 1)[1].lstrip("\n")
+  else:
+    notes = "#" + old if old.startswith("# ") else old
+  return run_header(workdir) + ("\n" + notes if notes else "")
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("workdirs", type=pathlib.Path, nargs="+", metavar="workdir")
@@ -291,12 +403,24 @@ def main():
                   help="write curves to this PNG (one workdir only)")
   ap.add_argument("--table", action="store_true",
                   help="print a Markdown comparison table, one row per workdir")
+  ap.add_argument("--header", action="store_true",
+                  help="print the run's README header (Markdown, see run_header)")
+  ap.add_argument("--write", action="store_true",
+                  help="with --header: put it on top of <workdir>/README.md instead, "
+                       "replacing an old header and keeping the notes below it")
   args = ap.parse_args()
   if args.table:
     print(comparison_table(args.workdirs))
     return
   if len(args.workdirs) != 1:
     ap.error("give one workdir, or several with --table")
+  if args.header:
+    if args.write:
+      text = readme_with_header(args.workdirs[0])
+      (args.workdirs[0] / "README.md").write_text(text)
+    else:
+      print(run_header(args.workdirs[0]), end="")
+    return
   path = args.workdirs[0] / "metrics.jsonl"
   print(json.dumps(summarize(path), indent=2))
   if args.plot:
