@@ -18,8 +18,8 @@ summed over XLA's worker threads) of the largest HLO fusion kinds, e.g. how much
 goes to ``transpose_copy_fusion`` (layout changes feeding the weight-gradient convolutions).
 
 The CPU model and whether it has AVX-512 are printed because the flag's effect depends on
-them (measured here: 1.15x on one 2-core EPYC VM, 2.5x on an AVX2-only one; see README,
-"Speed on CPU"). Not a test: the numbers depend on the machine and its load.
+them (measured here: 1.15x on one 2-core EPYC VM, 2.5x on an AVX2-only one; see
+docs/performance.md). Not a test: the numbers depend on the machine and its load.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def run_provenance() -> dict:
   ``device_count`` (global), ``cpu`` (host CPU model), ``cpu_count`` (logical CPUs visible to
   this process), ``xla_flags`` (the ``XLA_FLAGS`` environment variable, '' if unset),
   ``ld_preload`` (``LD_PRELOAD``, '' if unset: a preloaded allocator such as tcmalloc changes
-  CPU step times, see README "Speed on CPU").
+  CPU step times, see docs/performance.md).
   """
   import jaxlib  # pylint: disable=g-import-not-at-top
   commit = _git("rev-parse", "HEAD")

@@ -120,8 +120,8 @@ def move_aside(workdir: pathlib.Path) -> pathlib.Path:
 
 def run_env() -> dict:
   """The environment of a run: this one, plus tcmalloc in ``LD_PRELOAD`` on Linux when it
-  is installed and nothing is preloaded (1.3x faster CPU steps, see README "Speed on
-  CPU"); the start record logs ``LD_PRELOAD`` either way."""
+  is installed and nothing is preloaded (1.3x faster CPU steps, see
+  docs/performance.md); the start record logs ``LD_PRELOAD`` either way."""
   env = dict(os.environ)
   if sys.platform.startswith("linux") and not env.get("LD_PRELOAD"):
     found = xla_cpu.find_tcmalloc()

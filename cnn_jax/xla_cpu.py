@@ -5,7 +5,7 @@
 ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` keeps them on XLA's own
 (Eigen) convolutions, which ran a ResNet-20 train step faster, measured side by side: 1.15x on
 the 2-core EPYC VM of the earlier runs, 2.5x on a 2-core AVX2-only EPYC VM
-(``benchmarks/train_step_cpu.py``; README, "Speed on CPU"). The command-line entry points
+(``benchmarks/train_step_cpu.py``; docs/performance.md). The command-line entry points
 add that flag to ``XLA_FLAGS`` before JAX creates its backends (XLA reads ``XLA_FLAGS`` once,
 at the first computation, not at ``import jax``), print that they did, and record
 ``XLA_FLAGS`` in the run's provenance. They leave ``XLA_FLAGS`` alone when it already sets
@@ -25,7 +25,7 @@ took 581 ms of thread time in a 1,235 ms ResNet-20 step on a 2-core AVX2 CPU.
 ``lax.optimization_barrier`` does not stop it: XLA CPU expands barriers away before fusion
 (same fusions in the optimized HLO with and without). A ``lax.cond`` boundary does: XLA
 never fuses across a conditional, so the conv input is stored once and the transpose reads
-it. See README, "Speed on CPU", for the measured step times.
+it. See docs/performance.md for the measured step times.
 
 **Memory allocator** (:func:`find_tcmalloc`, :func:`allocator_hint`). XLA CPU allocates each
 step's temporary buffers anew; glibc's ``malloc`` serves blocks that large with fresh
@@ -34,7 +34,7 @@ step's temporary buffers anew; glibc's ``malloc`` serves blocks that large with 
 kernel at batch 256 on a 2-core EPYC, ``perf``). tcmalloc keeps freed pages for reuse (about
 500 faults/s in the same run). It has to be loaded before the process starts
 (``LD_PRELOAD``), so ``cnn_jax.train`` only advises it, in one stderr line, when it runs on
-CPU under Linux with no allocator preloaded. Measured step times: README, "Speed on CPU".
+CPU under Linux with no allocator preloaded. Measured step times: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def allocator_hint(environ: Mapping[str, str] | None = None, platform: str | Non
   how = (f"LD_PRELOAD={tcmalloc}" if tcmalloc else
          "LD_PRELOAD=<libtcmalloc_minimal.so.4> (apt install libtcmalloc-minimal4)")
   return (f"CPU train steps run faster with tcmalloc, which reuses XLA's per-step buffers "
-          f"instead of page-faulting them in again (README, \"Speed on CPU\"): start with {how}")
+          f"instead of page-faulting them in again (docs/performance.md): start with {how}")
 
 
 def materialize(x: jax.Array, always_true: jax.Array) -> jax.Array:

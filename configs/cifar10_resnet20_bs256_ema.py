@@ -2,8 +2,8 @@
 option B shortcuts, alternating flip, batch 256 at peak lr 0.2 (linear scaling rule, Goyal
 et al. 2017, arXiv:1706.02677), 2 warm-up epochs and an EMA of decay 0.998 per step.
 
-Run (offline, with the JPEG copy of CIFAR-10; on a Linux CPU preload tcmalloc, README
-"Speed on CPU")::
+Run (offline, with the JPEG copy of CIFAR-10; on a Linux CPU preload tcmalloc,
+docs/performance.md)::
 
   CNN_JAX_CIFAR10_DIR=../shared/data/cifar10-jpeg \
     python -m cnn_jax.train --config configs/cifar10_resnet20_bs256_ema.py \
