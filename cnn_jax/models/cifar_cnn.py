@@ -5,7 +5,7 @@ Three blocks of two 3x3 conv-BN-ReLU ('SAME' padding) with 32, 64, 128 channels,
 289,194 parameters for 10 classes (the seed text's comment says 309,738; its own code,
 and this module, have 289,194).
 
-``small_cnn`` (:class:`ConvPoolMLP`): the seed's first Keras model, two conv + 2x2
+``small_cnn`` (:class:`ConvPoolMLP`): the seed's SmallCNN (PyTorch, seed 001), two conv + 2x2
 max-pool stages and a flatten -> dense MLP head: 545,098 parameters on 32x32x3 with 10
 classes. LeNet-5 (``cnn_jax.models.lenet``) is the same family.
 """
@@ -23,7 +23,7 @@ from cnn_jax.models.registry import register
 
 
 class ConvBNReLU(nn.Module):
-  """3x3 'SAME' conv (with bias, as the seed's Keras code) -> BatchNorm -> ReLU, NHWC.
+  """3x3 'SAME' conv (with bias, as the seed's PyTorch CIFAR10Net) -> BatchNorm -> ReLU, NHWC.
 
   Attributes:
     features: output channels.
@@ -81,7 +81,7 @@ class ConvPoolMLP(nn.Module):
   """Stages of conv (with bias) -> ReLU -> 2x2 max-pool, flatten, ReLU MLP, linear, NHWC.
 
   ``(N, H, W, C)`` float -> ``(N, num_classes)`` float32 logits. No normalisation layers.
-  ``small_cnn`` (seed material, Keras-style): conv 3->32 3x3 'SAME' + pool, conv 32->64
+  ``small_cnn`` (seed material's SmallCNN): conv 3->32 3x3 'SAME' + pool, conv 32->64
   3x3 'SAME' + pool, flatten (8x8x64 = 4096 on 32x32 input) -> 128 -> 10: 545,098 params.
   LeNet-5 (LeCun et al. 1998, modern ReLU/max-pool form) is ``features=(6, 16)``,
   ``kernel_size=5``, ``padding='VALID'``, ``hidden=(120, 84)``: 61,706 params on 32x32x1.
