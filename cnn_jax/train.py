@@ -128,34 +128,65 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     cnn_jax.data.DataError: missing data folder, no images, unreadable image.
   """
   t_start = time.time()
-  validate(config)
-  # Now, not after data loading: git status must describe the code this process started from.
-  prov = provenance.run_provenance()
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  is_main = jax.process_index() == 0
-  if checkpoint.saved_steps(workdir) and (workdir / "config.json").is_file():
-    check_resume(from_json((workdir / "config.json").read_text()), config,
-                 str(workdir / "config.json"))
-
-  if config.model.name not in models.list_models():
-    models.create(config.model.name)  # raises KeyError naming close names, before any I/O
-  ds = data.load(config.data)
-  mesh = parallel.data_mesh()
+  workdir, prov = _open_workdir(config, workdir)
+  ds, mesh = _load_data(config)
   repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  parallel.check_batch_size(config.batch_size, mesh, "batch_size")
-  parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-  n_train = len(ds.train_labels)
   run = build_run(config, ds, repl)
-  model, tx, schedule, steps_per_epoch = run.model, run.tx, run.schedule, run.steps_per_epoch
-  total_steps = steps_per_epoch * config.num_epochs
-
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
   state = checkpoint.restore_latest(mngr, run.abstract_state)
   if state is None:
     state = jax.jit(run.init, out_shardings=repl)(jax.random.key(config.seed))
   start_step = int(parallel.to_host(state.step))
+  materialize = (config.materialize_conv_inputs == "on"
+                 or (config.materialize_conv_inputs == "auto" and jax.default_backend() == "cpu"))
+  writer = _start_logs(config, workdir, ds, mesh, run, state, start_step, materialize, prov)
+  loop = _Loop(config, ds, run, writer, t_start, batch_sh,
+               *_compile_steps(config, run, mesh, repl, batch_sh, materialize))
+  try:
+    state = loop.train(state, start_step, mngr)
+    final = loop.evaluate(state, run.steps_per_epoch * config.num_epochs)
+    if mngr.latest_step() != run.steps_per_epoch * config.num_epochs:
+      checkpoint.save(mngr, run.steps_per_epoch * config.num_epochs, state)
+  finally:
+    # Let a save that is under way finish, even when training stopped with an error.
+    mngr.wait_until_finished()
+    mngr.close()
+    writer.close()
+  final.update(loop.last)
+  if jax.process_index() == 0:
+    print("final: " + json.dumps(final), flush=True)
+  return final
 
+
+def _open_workdir(config, workdir) -> tuple[pathlib.Path, dict]:
+  """Validates ``config``, records the code's provenance, creates ``workdir`` and refuses
+  to resume a checkpointed run with a different config."""
+  validate(config)
+  # Now, not after data loading: git status must describe the code this process started from.
+  prov = provenance.run_provenance()
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  if checkpoint.saved_steps(workdir) and (workdir / "config.json").is_file():
+    check_resume(from_json((workdir / "config.json").read_text()), config,
+                 str(workdir / "config.json"))
+  return workdir, prov
+
+
+def _load_data(config):
+  """The dataset and the data mesh, after the cheap checks (model name, batch sizes)."""
+  if config.model.name not in models.list_models():
+    models.create(config.model.name)  # raises KeyError naming close names, before any I/O
+  ds = data.load(config.data)
+  mesh = parallel.data_mesh()
+  parallel.check_batch_size(config.batch_size, mesh, "batch_size")
+  parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  return ds, mesh
+
+
+def _start_logs(config, workdir, ds, mesh, run, state, start_step, materialize, prov):
+  """Opens the metric writers, writes ``config.json``, prints the one-line banner and logs
+  the ``start`` record (run facts and provenance). Returns the writer."""
+  is_main = jax.process_index() == 0
   extra = [TensorBoardWriter(workdir / "tensorboard")] if config.tensorboard else []
   writer = MultiWriter(JsonlWriter(workdir), *extra)
   if is_main:
@@ -163,24 +194,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   n_params = models.count_params(state.params, None)
   if is_main:
     print(f"cnn_jax: {config.model.name} ({n_params:,} params) on {config.data.name} "
-          f"[{ds.source}]: {n_train} train / {len(ds.test_labels)} test, "
-          f"{steps_per_epoch} steps/epoch x {config.num_epochs} epochs, "
+          f"[{ds.source}]: {len(ds.train_labels)} train / {len(ds.test_labels)} test, "
+          f"{run.steps_per_epoch} steps/epoch x {config.num_epochs} epochs, "
           f"{mesh.devices.size} device(s) of {jax.devices()[0].platform}, "
           f"{'resuming at step %d' % start_step if start_step else 'from scratch'}", flush=True)
-  materialize = (config.materialize_conv_inputs == "on"
-                 or (config.materialize_conv_inputs == "auto" and jax.default_backend() == "cpu"))
   writer.write({"event": "start", "step": start_step, "model": config.model.name,
                 "num_params": n_params, "data_source": ds.source, "devices": mesh.devices.size,
                 "platform": jax.devices()[0].platform, "process_count": jax.process_count(),
                 "materialize_conv_inputs": materialize, **prov})
+  return writer
 
+
+def _compile_steps(config, run, mesh, repl, batch_sh, materialize):
+  """The jitted train step (state donated) and eval steps (the EMA's too, or ``None``)."""
   ghost = config.batchnorm_stats == "per_device"
   random_flip = config.data.flip and config.data.flip_mode == "random"
-  # Alternating flip depends on the example index, which only the host loop knows.
-  flips0 = (augment.first_epoch_flips(config.seed, n_train)
-            if config.data.flip and config.data.flip_mode == "alternating" else None)
   train_step = jax.jit(
-      steps.make_train_step(model, tx, seed=config.seed, crop_pad=config.data.crop_pad,
+      steps.make_train_step(run.model, run.tx, seed=config.seed, crop_pad=config.data.crop_pad,
                             pad_mode=config.data.pad_mode, flip=random_flip,
                             label_smoothing=config.label_smoothing,
                             bn_groups=mesh.devices.size if ghost else 1,
@@ -188,84 +218,102 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                             ema_decay=config.ema_decay,
                             materialize_conv_inputs=materialize, **run.step_kwargs),
       donate_argnums=0, out_shardings=(repl, repl))
-  eval_step = jax.jit(steps.make_eval_step(model, **run.step_kwargs), out_shardings=repl)
-  ema_eval_step = (jax.jit(steps.make_eval_step(model, **run.step_kwargs, ema=True),
+  eval_step = jax.jit(steps.make_eval_step(run.model, **run.step_kwargs), out_shardings=repl)
+  ema_eval_step = (jax.jit(steps.make_eval_step(run.model, **run.step_kwargs, ema=True),
                            out_shardings=repl) if config.ema_decay else None)
+  return train_step, eval_step, ema_eval_step
 
-  def run_eval(step):
+
+def train_batches(config, ds: data.Dataset, start_step: int, steps_per_epoch: int, sharding):
+  """Yields ``(step, images, labels)`` global batches from ``start_step`` to the end of
+  training: epoch ``e``'s order is :func:`epoch_permutation` ``(seed, e)``, each process
+  takes its own rows of each batch, and the alternating flip (which depends on the example
+  index) is applied here on the host. ``images`` ``(B, H, W, C)`` uint8, ``labels`` ``(B,)``
+  int32, both sharded on the batch axis by ``sharding``."""
+  n_train = len(ds.train_labels)
+  rows = parallel.process_rows(config.batch_size)
+  flips0 = (augment.first_epoch_flips(config.seed, n_train)
+            if config.data.flip and config.data.flip_mode == "alternating" else None)
+  perm_epoch, perm = -1, None
+  for step in range(start_step, steps_per_epoch * config.num_epochs):
+    epoch, k = divmod(step, steps_per_epoch)
+    if epoch != perm_epoch:
+      perm_epoch, perm = epoch, epoch_permutation(config.seed, epoch, n_train)
+    idx = perm[k * config.batch_size:(k + 1) * config.batch_size][rows]
+    host_images = ds.train_images[idx]
+    if flips0 is not None:
+      host_images = augment.alternating_flip(host_images, flips0[idx], epoch)
+    yield (step, *parallel.global_batch(sharding, host_images, ds.train_labels[idx]))
+
+
+class _Loop:
+  """The train loop's periodic work around the jitted steps: train records every
+  ``log_every_steps`` (the only host transfer of the loop), an evaluation every
+  ``eval_every_epochs``, a checkpoint every ``checkpoint_every_steps`` (0: each epoch)."""
+
+  def __init__(self, config, ds, run, writer, t_start, batch_sh, train_step, eval_step,
+               ema_eval_step):
+    self.config, self.ds, self.run, self.writer = config, ds, run, writer
+    self.t_start, self.batch_sh = t_start, batch_sh
+    self.train_step, self.eval_step, self.ema_eval_step = train_step, eval_step, ema_eval_step
+    self.last = {}  # the last logged train_loss / train_accuracy
+
+  def evaluate(self, state, step: int) -> dict:
+    """Evaluates ``state`` (and its EMA) on the whole test set and logs the record."""
     jax.block_until_ready(state)  # finish queued train steps: they are not evaluation time
     t0 = time.time()
-    rec = evaluate(eval_step, state, ds.test_images, ds.test_labels, config.eval_batch_size,
-                   batch_sh)
-    if ema_eval_step is not None:
-      ema = evaluate(ema_eval_step, state, ds.test_images, ds.test_labels,
-                     config.eval_batch_size, batch_sh)
+    c, ds = self.config, self.ds
+    rec = evaluate(self.eval_step, state, ds.test_images, ds.test_labels, c.eval_batch_size,
+                   self.batch_sh)
+    if self.ema_eval_step is not None:
+      ema = evaluate(self.ema_eval_step, state, ds.test_images, ds.test_labels,
+                     c.eval_batch_size, self.batch_sh)
       rec.update(ema_test_loss=ema["test_loss"], ema_test_accuracy=ema["test_accuracy"])
-    rec.update(step=step, epoch=step / steps_per_epoch, eval_s=time.time() - t0,
-               wall_s=time.time() - t_start)
-    writer.write(rec)
+    rec.update(step=step, epoch=step / self.run.steps_per_epoch, eval_s=time.time() - t0,
+               wall_s=time.time() - self.t_start)
+    self.writer.write(rec)
     return rec
 
-  rows = parallel.process_rows(config.batch_size)
-  ckpt_every = config.checkpoint_every_steps or steps_per_epoch
-  pbar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                   disable=not (is_main and config.progress_bar))
-  pending, last = [], {}
-  t_log, step_log = time.time(), start_step
-  perm_epoch, perm = -1, None
-  try:
-    for step in range(start_step, total_steps):
-      epoch, k = divmod(step, steps_per_epoch)
-      if epoch != perm_epoch:
-        perm_epoch, perm = epoch, epoch_permutation(config.seed, epoch, n_train)
-      idx = perm[k * config.batch_size:(k + 1) * config.batch_size][rows]
-      host_images = ds.train_images[idx]
-      if flips0 is not None:
-        host_images = augment.alternating_flip(host_images, flips0[idx], epoch)
-      images, labels = parallel.global_batch(batch_sh, host_images, ds.train_labels[idx])
-      state, metrics = train_step(state, images, labels)
+  def _log_train(self, pending, done: int, step_log: int, t_log: float) -> float:
+    fetched = parallel.to_host(pending)
+    now = time.time()
+    self.last = {"train_loss": float(np.mean([m["loss"] for m in fetched])),
+                 "train_accuracy": float(np.mean([m["accuracy"] for m in fetched]))}
+    ips = (done - step_log) * self.config.batch_size / (now - t_log)
+    self.writer.write({"step": done, "epoch": done / self.run.steps_per_epoch, **self.last,
+                       "lr": float(self.run.schedule(done - 1)), "images_per_s": ips,
+                       "wall_s": now - self.t_start})
+    self.pbar.set_postfix(loss=f"{self.last['train_loss']:.3f}",
+                          acc=f"{self.last['train_accuracy']:.3f}", img_s=f"{ips:.0f}")
+    return now
+
+  def train(self, state, start_step: int, mngr):
+    """Runs the train steps from ``start_step`` to the end; returns the final state."""
+    c, spe = self.config, self.run.steps_per_epoch
+    total_steps = spe * c.num_epochs
+    ckpt_every = c.checkpoint_every_steps or spe
+    self.pbar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step",
+                          dynamic_ncols=True,
+                          disable=not (jax.process_index() == 0 and c.progress_bar))
+    pending, t_log, step_log = [], time.time(), start_step
+    for step, images, labels in train_batches(c, self.ds, start_step, spe, self.batch_sh):
+      state, metrics = self.train_step(state, images, labels)
       pending.append(metrics)
       done = step + 1
-      pbar.update(1)
-
-      if done % config.log_every_steps == 0 or done == total_steps:
-        fetched = parallel.to_host(pending)  # the only host transfer of the train loop
-        pending = []
-        now = time.time()
-        last = {"train_loss": float(np.mean([m["loss"] for m in fetched])),
-                "train_accuracy": float(np.mean([m["accuracy"] for m in fetched]))}
-        ips = (done - step_log) * config.batch_size / (now - t_log)
-        writer.write({"step": done, "epoch": done / steps_per_epoch, **last,
-                      "lr": float(schedule(done - 1)), "images_per_s": ips,
-                      "wall_s": now - t_start})
-        pbar.set_postfix(loss=f"{last['train_loss']:.3f}",
-                         acc=f"{last['train_accuracy']:.3f}", img_s=f"{ips:.0f}")
-        t_log, step_log = now, done
-
-      if (done % steps_per_epoch == 0 and (done // steps_per_epoch) % config.eval_every_epochs == 0
-          and done != total_steps):
-        rec = run_eval(done)
-        pbar.write(f"epoch {done // steps_per_epoch}: test_accuracy {rec['test_accuracy']:.4f} "
-                   f"test_loss {rec['test_loss']:.4f}" + (
-                       f" ema_test_accuracy {rec['ema_test_accuracy']:.4f}"
-                       if "ema_test_accuracy" in rec else ""))
+      self.pbar.update(1)
+      if done % c.log_every_steps == 0 or done == total_steps:
+        t_log, step_log, pending = self._log_train(pending, done, step_log, t_log), done, []
+      if done % spe == 0 and (done // spe) % c.eval_every_epochs == 0 and done != total_steps:
+        rec = self.evaluate(state, done)
+        self.pbar.write(f"epoch {done // spe}: test_accuracy {rec['test_accuracy']:.4f} "
+                        f"test_loss {rec['test_loss']:.4f}" + (
+                            f" ema_test_accuracy {rec['ema_test_accuracy']:.4f}"
+                            if "ema_test_accuracy" in rec else ""))
         t_log += rec["eval_s"]  # keep evaluation out of the training images/s
       if done % ckpt_every == 0 and done != total_steps:
         checkpoint.save(mngr, done, state)
-    pbar.close()
-
-    final = run_eval(total_steps)
-    if mngr.latest_step() != total_steps:
-      checkpoint.save(mngr, total_steps, state)
-  finally:
-    # Let a save that is under way finish, even when training stopped with an error.
-    mngr.wait_until_finished()
-    mngr.close()
-    writer.close()
-  final.update(last)
-  if is_main:
-    print("final: " + json.dumps(final), flush=True)
-  return final
+    self.pbar.close()
+    return state
 
 
 def main(argv):

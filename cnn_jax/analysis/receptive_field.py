@@ -210,6 +210,17 @@ _WINDOW_OPS = ("reduce_window_max", "reduce_window_min", "reduce_window_sum", "r
                "cumsum", "cummax", "cummin", "cumprod", "cumlogsumexp")
 _REDUCE_OPS = ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and",
                "reduce_or", "argmax", "argmin", "reduce_precision")
+# Primitives that mix positions in ways a window cannot describe: the field becomes global.
+_GLOBAL_OPS = ("gather", "scatter", "scatter-add", "scatter_add", "dynamic_slice",
+               "dynamic_update_slice", "rev", "sort", "scan", "while", "cond", "fft", "top_k",
+               "expand_dims")
+# The _Walker method that maps the field through each other primitive it knows.
+_HANDLERS = {
+    "conv_general_dilated": "_conv", "slice": "_slice", "pad": "_pad",
+    "transpose": "_transpose", "broadcast_in_dim": "_broadcast_in_dim",
+    "reshape": "_reshape", "squeeze": "_squeeze", "dot_general": "_dot_general",
+    "concatenate": "_concatenate",
+}
 
 
 class _Walker:
@@ -249,7 +260,6 @@ class _Walker:
 
   def eqn(self, eqn, fin, tags) -> list[Optional[Field]]:
     name = eqn.primitive.name
-    p = eqn.params
     n_out = len(eqn.outvars)
     sub = _sub_jaxpr(eqn)
     if sub is not None and name not in ("scan", "while", "cond"):
@@ -257,142 +267,152 @@ class _Walker:
     live = [f for f in fin if f is not None]
     if any(f.is_global for f in live):
       return [GLOBAL] * n_out
-
-    if name == "conv_general_dilated":
-      if fin[1] is not None:  # a kernel computed from the input: dynamic filters
-        return self.global_row(eqn, tags, n_out)
-      f = fin[0]
-      dn = p["dimension_numbers"]
-      rhs = eqn.invars[1].aval.shape
-      axes_in, axes_out = tuple(dn.lhs_spec[2:]), tuple(dn.out_spec[2:])
-      if any(a not in axes_in for a in f.axes):
-        return self.global_row(eqn, tags, n_out)
-      nd = len(axes_in)
-      k = tuple(rhs[a] for a in dn.rhs_spec[2:])
-      s = tuple(p["window_strides"])
-      d = tuple(p.get("rhs_dilation") or (1,) * nd)
-      lo = tuple(pp[0] for pp in p["padding"])
-      ld = tuple(p.get("lhs_dilation") or (1,) * nd)
-      out = _window(f, axes_in, axes_out, k, s, d, lo, ld)
-      self.row(eqn, tags, out, k, s, d)
-      return [out]
-
+    if name in _GLOBAL_OPS:
+      return self.global_row(eqn, tags, n_out)
     if name in _WINDOW_OPS:
-      f = live[0]
-      if name.startswith("cum"):  # prefix sums along a spatial axis: unbounded window
-        return self.global_row(eqn, tags, n_out) if p["axis"] in f.axes else [f] * n_out
-      nd = len(p["window_dimensions"])
-      axes = tuple(range(nd))
-      k, s = p["window_dimensions"], p["window_strides"]
-      d = p.get("window_dilation") or (1,) * nd
-      lo = tuple(pp[0] for pp in p["padding"])
-      bd = p.get("base_dilation") or (1,) * nd
-      out = _window(f, axes, axes, k, s, d, lo, bd)
-      self.row(eqn, tags, out, [k[a] for a in f.axes], [s[a] for a in f.axes],
-               [d[a] for a in f.axes])
-      return [out] * n_out
-
-    if name == "slice":
-      f = fin[0]
-      strides = p.get("strides") or (1,) * len(p["start_indices"])
-      left, right, jump = list(f.left), list(f.right), list(f.jump)
-      for r, a in enumerate(f.axes):
-        st = p["start_indices"][a]
-        left[r] += st * jump[r]
-        right[r] += st * jump[r]
-        jump[r] *= strides[a]
-      out = Field(f.axes, tuple(left), tuple(right), tuple(jump))
-      if out != f:
-        self.row(eqn, tags, out, s=[strides[a] for a in f.axes])
-      return [out]
-
-    if name == "pad":
-      f = fin[0]
-      if f is None:  # padding value carries the field? (never for images)
-        return [GLOBAL]
-      left, right, jump = list(f.left), list(f.right), list(f.jump)
-      for r, a in enumerate(f.axes):
-        lo, _, interior = p["padding_config"][a]
-        jump[r] = jump[r] / (interior + 1) if interior else jump[r]
-        left[r] -= lo * jump[r]
-        right[r] -= lo * jump[r]
-      out = Field(f.axes, tuple(left), tuple(right), tuple(jump))
-      if out != f:
-        self.row(eqn, tags, out)
-      return [out]
-
-    if name == "transpose":
-      perm = p["permutation"]
-      return [_remap(fin[0], {a: list(perm).index(a) for a in range(len(perm))})]
-
-    if name == "broadcast_in_dim":
-      return [_remap(fin[0], {a: b for a, b in enumerate(p["broadcast_dimensions"])})]
-
-    if name == "reshape":
-      old = tuple(eqn.invars[0].aval.shape)
-      out = _remap(fin[0], _reshape_map(old, tuple(p["new_sizes"])))
-      if out.is_global:
-        self.row(eqn, tags, out)
-      return [out]
-
-    if name == "squeeze":
-      dims = set(p["dimensions"])
-      old_rank = len(eqn.invars[0].aval.shape)
-      keep = [a for a in range(old_rank) if a not in dims]
-      return [_remap(fin[0], {a: keep.index(a) if a in keep else None
-                              for a in range(old_rank)})]
-
-    if name == "expand_dims":
-      return self.global_row(eqn, tags, n_out)
-
+      return self._window_op(eqn, fin, live, tags, n_out)
     if name in _REDUCE_OPS:
-      f = live[0]
-      red = set(p.get("axes", ()))
-      if red & set(f.axes):
-        return self.global_row(eqn, tags, n_out)
-      rank = len(eqn.invars[0].aval.shape)
-      keep = [a for a in range(rank) if a not in red]
-      return [_remap(f, {a: keep.index(a) for a in keep})] * n_out
-
-    if name == "dot_general":
-      if fin[0] is not None and fin[1] is not None:  # e.g. attention: mixes positions
-        return self.global_row(eqn, tags, n_out)
-      (lc, rc), (lb, rb) = p["dimension_numbers"]
-      side = 0 if fin[0] is not None else 1
-      f = fin[side]
-      contract, batch = (lc, lb) if side == 0 else (rc, rb)
-      rank_l = len(eqn.invars[0].aval.shape)
-      rank_r = len(eqn.invars[1].aval.shape)
-      free_l = [a for a in range(rank_l) if a not in lc and a not in lb]
-      free_r = [a for a in range(rank_r) if a not in rc and a not in rb]
-      mapping = {a: i for i, a in enumerate(batch)}
-      free = free_l if side == 0 else free_r
-      offset = len(batch) + (0 if side == 0 else len(free_l))
-      mapping.update({a: offset + i for i, a in enumerate(free)})
-      for a in contract:
-        mapping[a] = None
-      out = _remap(f, mapping)
-      if out.is_global:
-        self.row(eqn, tags, out)
-      return [out]
-
-    if name == "concatenate":
-      dim = p["dimension"]
-      if any(dim in f.axes for f in live):
-        return self.global_row(eqn, tags, n_out)
-      return [self.merge(eqn, tags, live)]
-
-    if name in ("gather", "scatter", "scatter-add", "scatter_add", "dynamic_slice",
-                "dynamic_update_slice", "rev", "sort", "scan", "while", "cond", "fft",
-                "top_k"):
-      return self.global_row(eqn, tags, n_out)
-
+      return self._reduce(eqn, fin, live, tags, n_out)
+    if name in _HANDLERS:
+      return getattr(self, _HANDLERS[name])(eqn, fin, live, tags, n_out)
     # Everything else is treated as elementwise: same spatial layout in and out.
     out_rank = len(eqn.outvars[0].aval.shape)
     if any(len(eqn.invars[i].aval.shape) != out_rank for i, f in enumerate(fin)
            if f is not None):
       return self.global_row(eqn, tags, n_out)
     return [self.merge(eqn, tags, live)] * n_out
+
+  def _conv(self, eqn, fin, live, tags, n_out):
+    p = eqn.params
+    if fin[1] is not None:  # a kernel computed from the input: dynamic filters
+      return self.global_row(eqn, tags, n_out)
+    f = fin[0]
+    dn = p["dimension_numbers"]
+    rhs = eqn.invars[1].aval.shape
+    axes_in, axes_out = tuple(dn.lhs_spec[2:]), tuple(dn.out_spec[2:])
+    if any(a not in axes_in for a in f.axes):
+      return self.global_row(eqn, tags, n_out)
+    nd = len(axes_in)
+    k = tuple(rhs[a] for a in dn.rhs_spec[2:])
+    s = tuple(p["window_strides"])
+    d = tuple(p.get("rhs_dilation") or (1,) * nd)
+    lo = tuple(pp[0] for pp in p["padding"])
+    ld = tuple(p.get("lhs_dilation") or (1,) * nd)
+    out = _window(f, axes_in, axes_out, k, s, d, lo, ld)
+    self.row(eqn, tags, out, k, s, d)
+    return [out]
+
+  def _window_op(self, eqn, fin, live, tags, n_out):
+    p = eqn.params
+    f = live[0]
+    if eqn.primitive.name.startswith("cum"):  # prefix sums along a spatial axis: unbounded window
+      return self.global_row(eqn, tags, n_out) if p["axis"] in f.axes else [f] * n_out
+    nd = len(p["window_dimensions"])
+    axes = tuple(range(nd))
+    k, s = p["window_dimensions"], p["window_strides"]
+    d = p.get("window_dilation") or (1,) * nd
+    lo = tuple(pp[0] for pp in p["padding"])
+    bd = p.get("base_dilation") or (1,) * nd
+    out = _window(f, axes, axes, k, s, d, lo, bd)
+    self.row(eqn, tags, out, [k[a] for a in f.axes], [s[a] for a in f.axes],
+             [d[a] for a in f.axes])
+    return [out] * n_out
+
+  def _slice(self, eqn, fin, live, tags, n_out):
+    p = eqn.params
+    f = fin[0]
+    strides = p.get("strides") or (1,) * len(p["start_indices"])
+    left, right, jump = list(f.left), list(f.right), list(f.jump)
+    for r, a in enumerate(f.axes):
+      st = p["start_indices"][a]
+      left[r] += st * jump[r]
+      right[r] += st * jump[r]
+      jump[r] *= strides[a]
+    out = Field(f.axes, tuple(left), tuple(right), tuple(jump))
+    if out != f:
+      self.row(eqn, tags, out, s=[strides[a] for a in f.axes])
+    return [out]
+
+  def _pad(self, eqn, fin, live, tags, n_out):
+    p = eqn.params
+    f = fin[0]
+    if f is None:  # padding value carries the field? (never for images)
+      return [GLOBAL]
+    left, right, jump = list(f.left), list(f.right), list(f.jump)
+    for r, a in enumerate(f.axes):
+      lo, _, interior = p["padding_config"][a]
+      jump[r] = jump[r] / (interior + 1) if interior else jump[r]
+      left[r] -= lo * jump[r]
+      right[r] -= lo * jump[r]
+    out = Field(f.axes, tuple(left), tuple(right), tuple(jump))
+    if out != f:
+      self.row(eqn, tags, out)
+    return [out]
+
+  def _transpose(self, eqn, fin, live, tags, n_out):
+    p = eqn.params
+    perm = p["permutation"]
+    return [_remap(fin[0], {a: list(perm).index(a) for a in range(len(perm))})]
+
+  def _broadcast_in_dim(self, eqn, fin, live, tags, n_out):
+    p = eqn.params
+    return [_remap(fin[0], {a: b for a, b in enumerate(p["broadcast_dimensions"])})]
+
+  def _reshape(self, eqn, fin, live, tags, n_out):
+    p = eqn.params
+    old = tuple(eqn.invars[0].aval.shape)
+    out = _remap(fin[0], _reshape_map(old, tuple(p["new_sizes"])))
+    if out.is_global:
+      self.row(eqn, tags, out)
+    return [out]
+
+  def _squeeze(self, eqn, fin, live, tags, n_out):
+    p = eqn.params
+    dims = set(p["dimensions"])
+    old_rank = len(eqn.invars[0].aval.shape)
+    keep = [a for a in range(old_rank) if a not in dims]
+    return [_remap(fin[0], {a: keep.index(a) if a in keep else None
+                            for a in range(old_rank)})]
+
+  def _reduce(self, eqn, fin, live, tags, n_out):
+    p = eqn.params
+    f = live[0]
+    red = set(p.get("axes", ()))
+    if red & set(f.axes):
+      return self.global_row(eqn, tags, n_out)
+    rank = len(eqn.invars[0].aval.shape)
+    keep = [a for a in range(rank) if a not in red]
+    return [_remap(f, {a: keep.index(a) for a in keep})] * n_out
+
+  def _dot_general(self, eqn, fin, live, tags, n_out):
+    p = eqn.params
+    if fin[0] is not None and fin[1] is not None:  # e.g. attention: mixes positions
+      return self.global_row(eqn, tags, n_out)
+    (lc, rc), (lb, rb) = p["dimension_numbers"]
+    side = 0 if fin[0] is not None else 1
+    f = fin[side]
+    contract, batch = (lc, lb) if side == 0 else (rc, rb)
+    rank_l = len(eqn.invars[0].aval.shape)
+    rank_r = len(eqn.invars[1].aval.shape)
+    free_l = [a for a in range(rank_l) if a not in lc and a not in lb]
+    free_r = [a for a in range(rank_r) if a not in rc and a not in rb]
+    mapping = {a: i for i, a in enumerate(batch)}
+    free = free_l if side == 0 else free_r
+    offset = len(batch) + (0 if side == 0 else len(free_l))
+    mapping.update({a: offset + i for i, a in enumerate(free)})
+    for a in contract:
+      mapping[a] = None
+    out = _remap(f, mapping)
+    if out.is_global:
+      self.row(eqn, tags, out)
+    return [out]
+
+  def _concatenate(self, eqn, fin, live, tags, n_out):
+    p = eqn.params
+    dim = p["dimension"]
+    if any(dim in f.axes for f in live):
+      return self.global_row(eqn, tags, n_out)
+    return [self.merge(eqn, tags, live)]
 
   def merge(self, eqn, tags, live: list[Field]) -> Field:
     out = _union(live)
