@@ -212,6 +212,30 @@ def stale_table_files(stem: str | pathlib.Path, header: list[str], rows: list[li
   return stale
 
 
+def table_arguments(doc: str, argv=None):
+  """The command line of a table's ``report.py``: ``[--check]`` (``doc``'s first line is
+  the description). Returns the parsed ``argparse.Namespace``."""
+  ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+  ap.add_argument("--check", action="store_true",
+                  help="exit 1 if table.md/table.csv differ from a rebuild; write nothing")
+  return ap.parse_args(argv)
+
+
+def check_or_write_table(stem: str | pathlib.Path, header: list[str], rows: list[list],
+                         check: bool) -> int:
+  """What a table report's command line does with its rows: with ``check``, print which of
+  ``<stem>.md``/``<stem>.csv`` are stale (:func:`stale_table_files`) and write nothing;
+  else write both (:func:`write_table`) and print the Markdown. Returns the exit status:
+  1 when ``check`` found a stale file, else 0."""
+  if check:
+    stale = stale_table_files(stem, header, rows)
+    print("stale: " + ", ".join(stale) if stale else
+          f"{pathlib.Path(stem).name}.md and .csv are up to date")
+    return 1 if stale else 0
+  print(write_table(stem, header, rows))
+  return 0
+
+
 def plot(metrics_path: str | pathlib.Path, out: str | pathlib.Path) -> None:
   """Writes train loss and test top-1 against epochs to ``out`` (PNG); test top-1 of the
   weight EMA too, for runs that kept one."""

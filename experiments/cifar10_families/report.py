@@ -11,7 +11,6 @@ and writes ``table.md``, ``table.csv``, ``top1_vs_params.png``, ``top1_vs_mmacs.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
@@ -65,16 +64,11 @@ def main(argv=None, runs=RUNS, family=FAMILY, table_dir=HERE,
          what=f"CIFAR-10 (JPEG copy), {budget.EPOCHS} epochs each") -> int:
   """The report's command line (``--check``); other tables over the same families pass
   their own ``runs``, ``table_dir`` and title."""
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--check", action="store_true",
-                  help="exit 1 if table.md/table.csv differ from a rebuild; write nothing")
-  args = ap.parse_args(argv)
+  args = report.table_arguments(__doc__, argv)
   table, done = build_rows(runs, family, table_dir)
+  rc = report.check_or_write_table(table_dir / "table", HEADER, table, args.check)
   if args.check:
-    stale = report.stale_table_files(table_dir / "table", HEADER, table)
-    print("stale: " + ", ".join(stale) if stale else "table.md and table.csv are up to date")
-    return 1 if stale else 0
-  print(report.write_table(table_dir / "table", HEADER, table))
+    return rc
   write_plots(done, table_dir, what)
   return 0
 

@@ -11,7 +11,6 @@ differs from a rebuild.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
@@ -72,16 +71,11 @@ def plot(done, out: pathlib.Path) -> None:
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--check", action="store_true",
-                  help="exit 1 if table.md/table.csv differ from a rebuild; write nothing")
-  args = ap.parse_args(argv)
+  args = report.table_arguments(__doc__, argv)
   table, done = rows()
+  rc = report.check_or_write_table(HERE / "table", HEADER, table, args.check)
   if args.check:
-    stale = report.stale_table_files(HERE / "table", HEADER, table)
-    print("stale: " + ", ".join(stale) if stale else "table.md and table.csv are up to date")
-    return 1 if stale else 0
-  print(report.write_table(HERE / "table", HEADER, table))
+    return rc
   if any(done.values()):
     plot(done, HERE / "top1_vs_data.png")
     runs = [(f"{m} ({100 * f:g}%)", w) for m, d in done.items() for f, (w, _) in d.items()]

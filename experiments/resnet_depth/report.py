@@ -17,7 +17,6 @@ at 32k and 48k iterations, flip + 4-pixel-pad crop); 110 layers: best of 5 runs 
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
@@ -81,16 +80,11 @@ def plot_error_vs_depth(done: list[dict], out: pathlib.Path) -> None:
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--check", action="store_true",
-                  help="exit 1 if table.md/table.csv differ from a rebuild; write nothing")
-  args = ap.parse_args(argv)
+  args = report.table_arguments(__doc__, argv)
   table, done = rows()
+  rc = report.check_or_write_table(HERE / "table", HEADER, table, args.check)
   if args.check:
-    stale = report.stale_table_files(HERE / "table", HEADER, table)
-    print("stale: " + ", ".join(stale) if stale else "table.md and table.csv are up to date")
-    return 1 if stale else 0
-  print(report.write_table(HERE / "table", HEADER, table))
+    return rc
   plot_error_vs_depth(done, HERE / "error_vs_depth.png")
   if done:
     report.plot_runs([HERE / "runs" / f"resnet{r['depth']}" for r in done],
