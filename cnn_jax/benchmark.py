@@ -127,15 +127,12 @@ def _windows(fn, windows: int, steps_per_window: int | None, warmup: int = 3,
   return out, n
 
 
-def run_jax(spec: dict) -> dict:
-  """The JAX measurement (runs in the child process; see the module docstring). ``spec``:
-  ``model``, ``batch``, ``input`` [H, W, C], ``dtype``, ``windows``, ``steps_per_window``
-  (None = auto), ``materialize`` ('auto', 'on', 'off'), ``num_classes``. Returns a JSON-ready
-  dict of the measurements."""
-  import resource  # pylint: disable=g-import-not-at-top
+def _compiled_steps(spec: dict):
+  """The trainer's train step (donated) and eval step for ``spec``, compiled, with a train
+  state and a random uint8 batch: ``(train, eval, state, (x, y, mask), n_params,
+  materialize, train_compile_s, eval_compile_s)``."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import jaxlib  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from cnn_jax import models, optim, steps  # pylint: disable=g-import-not-at-top
   from cnn_jax.config import base_config  # pylint: disable=g-import-not-at-top
@@ -169,6 +166,23 @@ def run_jax(spec: dict) -> dict:
   t = time.perf_counter()
   eval_c = eval_step.lower(state, x, y, mask).compile()
   eval_compile = time.perf_counter() - t
+
+  return (train_c, eval_c, state, (x, y, mask), n_params, materialize, train_compile,
+          eval_compile)
+
+
+def run_jax(spec: dict) -> dict:
+  """The JAX measurement (runs in the child process; see the module docstring). ``spec``:
+  ``model``, ``batch``, ``input`` [H, W, C], ``dtype``, ``windows``, ``steps_per_window``
+  (None = auto), ``materialize`` ('auto', 'on', 'off'), ``num_classes``. Returns a JSON-ready
+  dict of the measurements."""
+  import resource  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jaxlib  # pylint: disable=g-import-not-at-top
+
+  batch, (h, w, c) = spec["batch"], spec["input"]
+  (train_c, eval_c, state, (x, y, mask), n_params, materialize, train_compile,
+   eval_compile) = _compiled_steps(spec)
 
   def flops(compiled):
     cost = compiled.cost_analysis()
@@ -297,12 +311,7 @@ def format_torch(r: dict) -> str:
           f"{_fmt_mib(r['peak_rss_mib'])} (torch {r['torch']}, {r['threads']} threads)")
 
 
-def main(argv=None) -> int:
-  """The command line (see the module docstring). Returns 0; argument errors exit 2."""
-  argv = sys.argv[1:] if argv is None else list(argv)
-  if argv[:1] == [_CHILD_ARG]:
-    print(RESULT_PREFIX + json.dumps(run_jax(json.loads(argv[1]))), flush=True)
-    return 0
+def _arg_parser() -> argparse.ArgumentParser:
   ap = argparse.ArgumentParser(prog="python -m cnn_jax.benchmark",
                                description=__doc__.splitlines()[0])
   ap.add_argument("--model", required=True, help="registered model name, e.g. resnet20")
@@ -324,6 +333,52 @@ def main(argv=None) -> int:
                   help="do not preload tcmalloc (glibc malloc unless LD_PRELOAD names one)")
   ap.add_argument("--torch-threads", type=_positive, default=2)
   ap.add_argument("--json", metavar="FILE", help="append one JSON object for this run to FILE")
+  return ap
+
+
+def _print_medians(results: dict, what: str, tag: str) -> dict:
+  """Prints each framework's median over rounds; returns ``{framework: {key: median}}``."""
+  medians = {}
+  for fw, runs in results.items():
+    if not runs:
+      continue
+    med = {k: statistics.median(x[k] for x in runs)
+           for k in ("train_images_per_s", "inference_images_per_s")}
+    medians[fw] = med
+    per = lambda k: ", ".join(f"{x[k]:.1f}" for x in runs)
+    extra = ""
+    if fw == "jax":
+      extra = (f"; {statistics.median(x['train_gflop_per_s'] for x in runs):.1f} / "
+               f"{statistics.median(x['inference_gflop_per_s'] for x in runs):.1f} GFLOP/s "
+               f"train / inference")
+    print(f"{fw:<5} median of {len(runs)} round(s) {what}: train "
+          f"{med['train_images_per_s']:.1f} images/s ({per('train_images_per_s')}), inference "
+          f"{med['inference_images_per_s']:.1f} images/s ({per('inference_images_per_s')})"
+          f"{extra}  {tag}", flush=True)
+  return medians
+
+
+def _print_ratio(medians: dict, what: str, tag: str) -> dict | None:
+  """Prints the ``ratio`` line (JAX / PyTorch images/s); ``None`` without a torch run."""
+  if "torch" not in medians:
+    return None
+  j, t = medians["jax"], medians["torch"]
+  ratios = {k: j[k] / t[k] for k in j}
+  print(f"ratio JAX/PyTorch {what}: train {ratios['train_images_per_s']:.2f}x "
+        f"({j['train_images_per_s']:.1f} / {t['train_images_per_s']:.1f} images/s), "
+        f"inference {ratios['inference_images_per_s']:.2f}x "
+        f"({j['inference_images_per_s']:.1f} / {t['inference_images_per_s']:.1f} images/s)  "
+        f"{tag}", flush=True)
+  return ratios
+
+
+def main(argv=None) -> int:
+  """The command line (see the module docstring). Returns 0; argument errors exit 2."""
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv[:1] == [_CHILD_ARG]:
+    print(RESULT_PREFIX + json.dumps(run_jax(json.loads(argv[1]))), flush=True)
+    return 0
+  ap = _arg_parser()
   a = ap.parse_args(argv)
 
   from cnn_jax import models  # pylint: disable=g-import-not-at-top
@@ -372,32 +427,8 @@ def main(argv=None) -> int:
       results["torch"].append(res)
       print(f"torch round {r + 1}/{rounds}: {format_torch(res)}  {tag}", flush=True)
 
-  medians = {}
-  for fw, runs in results.items():
-    if not runs:
-      continue
-    med = {k: statistics.median(x[k] for x in runs)
-           for k in ("train_images_per_s", "inference_images_per_s")}
-    medians[fw] = med
-    per = lambda k: ", ".join(f"{x[k]:.1f}" for x in runs)
-    extra = ""
-    if fw == "jax":
-      extra = (f"; {statistics.median(x['train_gflop_per_s'] for x in runs):.1f} / "
-               f"{statistics.median(x['inference_gflop_per_s'] for x in runs):.1f} GFLOP/s "
-               f"train / inference")
-    print(f"{fw:<5} median of {len(runs)} round(s) {what}: train "
-          f"{med['train_images_per_s']:.1f} images/s ({per('train_images_per_s')}), inference "
-          f"{med['inference_images_per_s']:.1f} images/s ({per('inference_images_per_s')})"
-          f"{extra}  {tag}", flush=True)
-  ratios = None
-  if a.compare_torch:
-    j, t = medians["jax"], medians["torch"]
-    ratios = {k: j[k] / t[k] for k in j}
-    print(f"ratio JAX/PyTorch {what}: train {ratios['train_images_per_s']:.2f}x "
-          f"({j['train_images_per_s']:.1f} / {t['train_images_per_s']:.1f} images/s), "
-          f"inference {ratios['inference_images_per_s']:.2f}x "
-          f"({j['inference_images_per_s']:.1f} / {t['inference_images_per_s']:.1f} images/s)  "
-          f"{tag}", flush=True)
+  medians = _print_medians(results, what, tag)
+  ratios = _print_ratio(medians, what, tag) if a.compare_torch else None
   if a.json:
     record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": argv, "model": a.model,
               "batch": a.batch, "input": list(a.input), "dtype": a.dtype, "rounds": rounds,
