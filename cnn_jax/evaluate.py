@@ -5,7 +5,8 @@ one JSON line: ``workdir``, ``step``, ``test_accuracy`` (fraction), ``test_loss`
 ``test_count``, ``flip_tta``, ``ema``, ``wall_s`` (seconds) and the provenance of
 :mod:`cnn_jax.provenance`. It rebuilds model, optimizer state and data from the workdir's
 ``config.json`` (as timm's ``validate.py`` does from a checkpoint), so a finished run can be
-re-scored without training.
+re-scored without training. :func:`restore_run` (the rebuild and restore alone) is shared
+with the analyses of :mod:`cnn_jax.analysis` that look at a trained run.
 """
 
 from __future__ import annotations
@@ -14,12 +15,84 @@ import argparse
 import json
 import pathlib
 import time
+from typing import Any, NamedTuple
 
 import jax
+import ml_collections
 
 from cnn_jax import checkpoint, data, parallel, provenance, steps, xla_cpu
 from cnn_jax.config import from_json, validate
-from cnn_jax.train import build_run, evaluate
+from cnn_jax.train import RunSetup, build_run, evaluate
+
+
+class RestoredRun(NamedTuple):
+  """What :func:`restore_run` returns: a finished run rebuilt from its workdir.
+
+  Attributes:
+    config: the run's config (``config.json``, validated).
+    ds: its data (:func:`cnn_jax.data.load` of ``config.data``).
+    run: :func:`cnn_jax.train.build_run` of both (model, optimizer, ``step_kwargs``, ...).
+    state: the newest checkpoint's train state, replicated over ``repl``.
+    repl, batch_sharding: the replicated and batch-sharded shardings of the data mesh.
+  """
+  config: ml_collections.ConfigDict
+  ds: data.Dataset
+  run: RunSetup
+  state: steps.TrainState
+  repl: Any
+  batch_sharding: Any
+
+
+def load_run_config(workdir: str | pathlib.Path,
+                    data_dir: str | None = None) -> ml_collections.ConfigDict:
+  """The validated config of the run in ``workdir`` (``data_dir`` overrides ``data.dir``).
+
+  Raises:
+    FileNotFoundError: no ``config.json`` or no ``checkpoints/`` in ``workdir``.
+    KeyError / ValueError: the config does not validate.
+  """
+  workdir = pathlib.Path(workdir)
+  cfg_path = workdir / "config.json"
+  if not cfg_path.is_file():
+    raise FileNotFoundError(f"{cfg_path} does not exist: not a cnn_jax.train workdir")
+  if not (workdir / "checkpoints").is_dir():
+    raise FileNotFoundError(f"{workdir / 'checkpoints'} does not exist: nothing to evaluate")
+  config = from_json(cfg_path.read_text())
+  if data_dir is not None:
+    config.data.dir = data_dir
+  validate(config)
+  return config
+
+
+def restore_run(workdir: str | pathlib.Path, *, data_dir: str | None = None,
+                config: ml_collections.ConfigDict | None = None) -> RestoredRun:
+  """Rebuilds the run in ``workdir`` from its ``config.json`` and restores its newest checkpoint.
+
+  Args:
+    workdir: a ``cnn_jax.train`` workdir (``config.json`` and ``checkpoints/``).
+    data_dir: overrides the config's ``data.dir`` (unused when ``config`` is given).
+    config: the run's config if already read with :func:`load_run_config`.
+
+  Raises:
+    FileNotFoundError: no ``config.json``, no ``checkpoints/`` or no checkpoint in it.
+    KeyError / ValueError: the config does not validate; cnn_jax.data.DataError: bad data.
+  """
+  workdir = pathlib.Path(workdir)
+  if config is None:
+    config = load_run_config(workdir, data_dir)
+  ds = data.load(config.data)
+  mesh = parallel.data_mesh()
+  repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  # The whole train state, optimizer state included, is what the checkpoint holds.
+  run = build_run(config, ds, repl)
+  mngr = checkpoint.manager(workdir, config.keep_checkpoints)
+  try:
+    state = checkpoint.restore_latest(mngr, run.abstract_state)
+  finally:
+    mngr.close()
+  if state is None:
+    raise FileNotFoundError(f"{workdir / 'checkpoints'} holds no checkpoint")
+  return RestoredRun(config, ds, run, state, repl, batch_sh)
 
 
 def evaluate_checkpoint(workdir: str | pathlib.Path, *, flip_tta: bool = False,
@@ -43,35 +116,17 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, *, flip_tta: bool = False,
     KeyError / ValueError: the config does not validate; ``ema=True`` for a run trained
       without EMA; cnn_jax.data.DataError: bad data.
   """
-  workdir = pathlib.Path(workdir)
-  cfg_path = workdir / "config.json"
-  if not cfg_path.is_file():
-    raise FileNotFoundError(f"{cfg_path} does not exist: not a cnn_jax.train workdir")
-  if not (workdir / "checkpoints").is_dir():
-    raise FileNotFoundError(f"{workdir / 'checkpoints'} does not exist: nothing to evaluate")
-  config = from_json(cfg_path.read_text())
-  if data_dir is not None:
-    config.data.dir = data_dir
-  validate(config)
+  config = load_run_config(workdir, data_dir)
   if ema and not config.ema_decay:
+    cfg_path = pathlib.Path(workdir) / "config.json"
     raise ValueError(f"{cfg_path}: ema_decay = {config.ema_decay}, so the run kept no EMA of "
                      f"the weights to evaluate")
-  ds = data.load(config.data)
-  mesh = parallel.data_mesh()
-  repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  # The whole train state, optimizer state included, is what the checkpoint holds.
-  run = build_run(config, ds, repl)
-  mngr = checkpoint.manager(workdir, config.keep_checkpoints)
-  try:
-    state = checkpoint.restore_latest(mngr, run.abstract_state)
-  finally:
-    mngr.close()
-  if state is None:
-    raise FileNotFoundError(f"{workdir / 'checkpoints'} holds no checkpoint")
+  r = restore_run(workdir, config=config)
+  run, state = r.run, r.state
   eval_step = jax.jit(steps.make_eval_step(run.model, **run.step_kwargs, flip_tta=flip_tta,
-                                           ema=ema), out_shardings=repl)
-  rec = evaluate(eval_step, state, ds.test_images, ds.test_labels, config.eval_batch_size,
-                 batch_sh)
+                                           ema=ema), out_shardings=r.repl)
+  rec = evaluate(eval_step, state, r.ds.test_images, r.ds.test_labels, config.eval_batch_size,
+                 r.batch_sharding)
   return {"step": int(parallel.to_host(state.step)), **rec, "flip_tta": flip_tta, "ema": ema}
 
 
