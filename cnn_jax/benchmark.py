@@ -372,6 +372,18 @@ def _print_ratio(medians: dict, what: str, tag: str) -> dict | None:
   return ratios
 
 
+def _append_json(a, argv, rounds, mach, env, n_jax, results, medians, ratios) -> None:
+  """Appends this run's record (arguments, machine, per-round results, medians, ratios)
+  as one JSON line to ``a.json``."""
+  record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": argv, "model": a.model,
+            "batch": a.batch, "input": list(a.input), "dtype": a.dtype, "rounds": rounds,
+            "machine": mach, "xla_flags": env.get("XLA_FLAGS", ""),
+            "ld_preload": env.get("LD_PRELOAD", ""), "n_params": n_jax,
+            "runs": results, "medians": medians, "ratio": ratios}
+  with open(a.json, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
 def main(argv=None) -> int:
   """The command line (see the module docstring). Returns 0; argument errors exit 2."""
   argv = sys.argv[1:] if argv is None else list(argv)
@@ -430,13 +442,7 @@ def main(argv=None) -> int:
   medians = _print_medians(results, what, tag)
   ratios = _print_ratio(medians, what, tag) if a.compare_torch else None
   if a.json:
-    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": argv, "model": a.model,
-              "batch": a.batch, "input": list(a.input), "dtype": a.dtype, "rounds": rounds,
-              "machine": mach, "xla_flags": env.get("XLA_FLAGS", ""),
-              "ld_preload": env.get("LD_PRELOAD", ""), "n_params": n_jax,
-              "runs": results, "medians": medians, "ratio": ratios}
-    with open(a.json, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    _append_json(a, argv, rounds, mach, env, n_jax, results, medians, ratios)
   return 0
 
 

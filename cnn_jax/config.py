@@ -31,38 +31,13 @@ def base_config() -> ml_collections.ConfigDict:
   # Extra keyword arguments of the model constructor, e.g. {'shortcut': 'B'}.
   c.model.kwargs = ml_collections.ConfigDict()
 
-  c.data = ml_collections.ConfigDict()
-  c.data.name = "cifar10"
-  # Local image folder <dir>/{train,test}/<class>/*; when set, TFDS is never touched.
-  c.data.dir = os.environ.get("CNN_JAX_CIFAR10_DIR", "")
-  c.data.cache_dir = ""  # decoded-image cache; '' -> $CNN_JAX_CACHE or ~/.cache/cnn_jax
-  c.data.num_train = 0  # 0 = all; else a class-balanced subset (quick runs, tests)
-  c.data.num_test = 0
-  c.data.crop_pad = 4  # random-crop padding in pixels; 0 disables the crop
-  c.data.pad_mode = "reflect"  # 'reflect' or 'constant' (zeros)
-  c.data.flip = True
-  # 'random': a coin per image and step (He et al. 2015); 'alternating': each image mirrored
-  # every other epoch (Jordan 2024, arXiv:2404.00498, Sec. 3.6). Only used when flip is True.
-  c.data.flip_mode = "random"
+  c.data = _data_defaults()
 
   c.batch_size = 128  # global
   c.eval_batch_size = 1000  # global; the last batch is padded and masked
   c.num_epochs = 30
 
-  c.optim = ml_collections.ConfigDict()
-  c.optim.name = "sgd"  # 'sgd' (momentum, optional Nesterov) or 'adamw'
-  c.optim.lr = 0.1  # peak learning rate
-  c.optim.momentum = 0.9
-  c.optim.nesterov = True
-  c.optim.b1 = 0.9  # adamw
-  c.optim.b2 = 0.999  # adamw
-  c.optim.weight_decay = 5e-4  # on conv/dense kernels only
-  c.optim.schedule = "cosine"  # 'cosine', 'piecewise' or 'constant', after warm-up
-  c.optim.warmup_epochs = 1.0
-  c.optim.min_lr = 0.0  # cosine end value
-  c.optim.boundaries_epochs = (0.5, 0.75)  # piecewise: fractions of training, or epochs if > 1
-  c.optim.decay_factor = 0.1  # piecewise
-  c.optim.grad_clip_norm = 0.0  # 0 = off
+  c.optim = _optim_defaults()
 
   c.label_smoothing = 0.0
   # Exponential moving average of the weights and BatchNorm statistics, evaluated beside
@@ -84,7 +59,52 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.progress_bar = True
   c.tensorboard = True  # also write the metrics as TensorBoard events to <workdir>/tensorboard
+  # Start over in a used workdir: its checkpoints/, metrics.jsonl, config.json and
+  # tensorboard/ are moved (never deleted) to <workdir>/previous-<YYYYmmdd-HHMMSS>/.
+  # Leave it False to resume: a rerun with True moves the run aside again.
+  c.restart = False
+  # Workdir of another run whose newest checkpoint gives a fresh run its parameters and
+  # BatchNorm statistics (not its optimizer state or step); '' = random initialisation.
+  # Ignored when this workdir holds a checkpoint (the run resumes from that).
+  c.init_from = ""
   return c
+
+
+def _data_defaults() -> ml_collections.ConfigDict:
+  """The ``data`` section of :func:`base_config`."""
+  d = ml_collections.ConfigDict()
+  d.name = "cifar10"
+  # Local image folder <dir>/{train,test}/<class>/*; when set, TFDS is never touched.
+  d.dir = os.environ.get("CNN_JAX_CIFAR10_DIR", "")
+  d.cache_dir = ""  # decoded-image cache; '' -> $CNN_JAX_CACHE or ~/.cache/cnn_jax
+  d.num_train = 0  # 0 = all; else a class-balanced subset (quick runs, tests)
+  d.num_test = 0
+  d.crop_pad = 4  # random-crop padding in pixels; 0 disables the crop
+  d.pad_mode = "reflect"  # 'reflect' or 'constant' (zeros)
+  d.flip = True
+  # 'random': a coin per image and step (He et al. 2015); 'alternating': each image mirrored
+  # every other epoch (Jordan 2024, arXiv:2404.00498, Sec. 3.6). Only used when flip is True.
+  d.flip_mode = "random"
+  return d
+
+
+def _optim_defaults() -> ml_collections.ConfigDict:
+  """The ``optim`` section of :func:`base_config`."""
+  o = ml_collections.ConfigDict()
+  o.name = "sgd"  # 'sgd' (momentum, optional Nesterov) or 'adamw'
+  o.lr = 0.1  # peak learning rate
+  o.momentum = 0.9
+  o.nesterov = True
+  o.b1 = 0.9  # adamw
+  o.b2 = 0.999  # adamw
+  o.weight_decay = 5e-4  # on conv/dense kernels only
+  o.schedule = "cosine"  # 'cosine', 'piecewise' or 'constant', after warm-up
+  o.warmup_epochs = 1.0
+  o.min_lr = 0.0  # cosine end value
+  o.boundaries_epochs = (0.5, 0.75)  # piecewise: fractions of training, or epochs if > 1
+  o.decay_factor = 0.1  # piecewise
+  o.grad_clip_norm = 0.0  # 0 = off
+  return o
 
 
 _CHOICES = {
@@ -194,6 +214,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for k in ("label_smoothing", "ema_decay"):
     if not 0.0 <= config[k] < 1.0:
       raise ValueError(f"config key {k} = {config[k]}; expected [0, 1)")
+  for k, kind in (("restart", bool), ("init_from", str)):
+    if not isinstance(config[k], kind):
+      raise ValueError(f"config key {k} = {config[k]!r}; expected a {kind.__name__}")
   b = tuple(config.optim.boundaries_epochs)
   if list(b) != sorted(b):
     raise ValueError(f"config key optim.boundaries_epochs = {b}; expected increasing values")
@@ -203,9 +226,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 # Keys that change how a run is watched, evaluated, stored or scheduled on the hardware, not
 # the parameters it trains:
 # a resumed run may change them (e.g. a data folder at another path on another machine).
+# ``restart`` too: it decides whether there is a run to resume at all (True never resumes).
 RESUME_MAY_CHANGE = ("progress_bar", "tensorboard", "log_every_steps", "eval_every_epochs",
                      "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints",
-                     "data.dir", "data.cache_dir", "materialize_conv_inputs")
+                     "data.dir", "data.cache_dir", "materialize_conv_inputs", "restart")
 
 
 def from_json(text: str) -> ml_collections.ConfigDict:

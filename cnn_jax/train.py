@@ -14,13 +14,21 @@ BatchNorm statistics, optimizer state, and data position (epoch ``step // steps_
 with that epoch's permutation, which is a function of ``seed`` and the epoch only). A
 config that differs from the workdir's ``config.json`` in a key that changes the trained
 weights is refused (:func:`cnn_jax.config.check_resume`).
+
+Faults: the first SIGTERM or SIGINT stops training after the current step with a checkpoint
+of that step (:class:`Preempted`; the command line exits with 128 + the signal number); a
+NaN or Inf train loss stops it without saving the bad state (:class:`NonFiniteError`).
+``config.restart`` starts over in a used workdir (the old run is moved aside, never
+deleted), ``config.init_from`` starts from another run's weights.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
+import signal
 import sys
+import threading
 import time
 from typing import Callable, NamedTuple
 
@@ -36,6 +44,100 @@ from cnn_jax import checkpoint, data, models, optim, parallel, provenance, steps
 from cnn_jax.config import check_resume, from_json, validate
 from cnn_jax.data import augment
 from cnn_jax.metric_writer import JsonlWriter, MultiWriter, TensorBoardWriter
+
+
+class Preempted(Exception):
+  """Training stopped on SIGTERM or SIGINT after saving a complete checkpoint of the step it
+  reached; running the same command again resumes from it.
+
+  Attributes:
+    step: the step of that checkpoint (train steps done).
+    path: its directory, ``<workdir>/checkpoints/<step>``.
+    signum: the signal received.
+    exit_code: ``128 + signum`` (the shell's convention: 143 for SIGTERM, 130 for SIGINT),
+      the command line's exit status.
+  """
+
+  def __init__(self, message: str, step: int, path: pathlib.Path, signum: int):
+    super().__init__(message)
+    self.step, self.path, self.signum = step, path, signum
+    self.exit_code = 128 + signum
+
+
+class NonFiniteError(FloatingPointError):
+  """Training stopped on a NaN or Inf train loss, or on non-finite parameters about to be
+  checkpointed; nothing of the bad state was saved.
+
+  Attributes:
+    step: the step whose train loss was first non-finite (the record numbering: the step
+      that took the state from ``step - 1`` to ``step``), or the step of the parameters.
+    leaf: path of the first non-finite parameter or BatchNorm statistic when training
+      stopped (``'params/Dense_0/kernel'``), or ``None`` if they were all finite.
+  """
+
+  def __init__(self, message: str, step: int, leaf: str | None):
+    super().__init__(message)
+    self.step, self.leaf = step, leaf
+
+
+class _StopOnSignal:
+  """Context manager: while active, the first SIGTERM or SIGINT is only recorded in
+  ``signum`` (the train loop stops at the end of the current step); a second one restores
+  the previous handlers and is delivered to them (Ctrl-C twice aborts at once).
+
+  Handlers are installed only in the main thread (Python allows no other) of a
+  single-process run (processes of a multi-process run would stop at different steps), and
+  not over a signal that is ignored (``SIG_IGN``, e.g. SIGINT of a background job) or whose
+  handler is not Python's. The previous handlers are restored on exit.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
+      for s in self.SIGNALS:
+        if signal.getsignal(s) not in (signal.SIG_IGN, None):
+          self._previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is None:
+      self.signum = signum  # no printing here: the main thread may be inside a print
+      return
+    self._restore()
+    signal.raise_signal(signum)
+
+  def _restore(self):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    self._previous = {}
+
+  def __exit__(self, *exc):
+    self._restore()
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  """True when every floating-point leaf of ``tree`` is finite (a bool scalar on device)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def first_nonfinite_leaf(trees: dict) -> str | None:
+  """Path (``'params/Dense_0/kernel'``) of the first leaf holding a NaN or Inf in
+  ``trees`` (``{name: tree}``, searched in that order, each in flattening order), or
+  ``None``. Reads the leaves to the host one by one (for after a stop, not for the loop)."""
+  for name, tree in trees.items():
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+      if not np.all(np.isfinite(parallel.to_host(x))):
+        return checkpoint.key_path_str((name, *path))
+  return None
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -120,33 +222,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     'test_count', 'wall_s'}`` of the final evaluation, plus ``'ema_test_loss'`` and
     ``'ema_test_accuracy'`` (the weight average's) when ``config.ema_decay > 0``.
 
+  A fresh run (no checkpoint in ``workdir``, or ``config.restart``) starts from random
+  weights, or from those of ``config.init_from``'s newest checkpoint.
+
   Raises:
     KeyError / ValueError: bad config (see :func:`cnn_jax.config.validate`), unknown model
       or dataset name, a batch size that does not divide by the device count or exceeds
       the training set, or ``workdir`` holds a checkpoint of a run with another config
-      (see :func:`cnn_jax.config.check_resume`).
+      (see :func:`cnn_jax.config.check_resume`); a checkpoint (this run's, or
+      ``init_from``'s) that does not fit the model (names the first mismatched array path
+      and both shapes).
+    FileNotFoundError: ``config.init_from`` holds no checkpoint.
     cnn_jax.data.DataError: missing data folder, no images, unreadable image.
+    Preempted: SIGTERM or SIGINT during training; a checkpoint of the step reached is saved.
+    NonFiniteError: a NaN or Inf train loss (or parameters before a save); no checkpoint
+      of the bad state is written.
   """
   t_start = time.time()
-  workdir, prov = _open_workdir(config, workdir)
+  workdir, prov, moved = _open_workdir(config, workdir)
   ds, mesh = _load_data(config)
   repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   run = build_run(config, ds, repl)
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
-  state = checkpoint.restore_latest(mngr, run.abstract_state)
-  if state is None:
-    state = jax.jit(run.init, out_shardings=repl)(jax.random.key(config.seed))
+  state, origin = _initial_state(config, run, mngr, repl, moved)
   start_step = int(parallel.to_host(state.step))
   materialize = (config.materialize_conv_inputs == "on"
                  or (config.materialize_conv_inputs == "auto" and jax.default_backend() == "cpu"))
-  writer = _start_logs(config, workdir, ds, mesh, run, state, start_step, materialize, prov)
+  writer = _start_logs(config, workdir, ds, mesh, run, state, start_step, materialize,
+                       {**prov, **origin})
   loop = _Loop(config, ds, run, writer, t_start, batch_sh,
                *_compile_steps(config, run, mesh, repl, batch_sh, materialize))
+  total_steps = run.steps_per_epoch * config.num_epochs
   try:
-    state = loop.train(state, start_step, mngr)
-    final = loop.evaluate(state, run.steps_per_epoch * config.num_epochs)
-    if mngr.latest_step() != run.steps_per_epoch * config.num_epochs:
-      checkpoint.save(mngr, run.steps_per_epoch * config.num_epochs, state)
+    with _StopOnSignal() as stop:
+      state = loop.train(state, start_step, mngr, stop)
+    # Saved before the final evaluation, which then overlaps the asynchronous write: a
+    # run killed during that evaluation keeps its last epoch.
+    if mngr.latest_step() != total_steps:
+      loop.save(mngr, total_steps, state)
+    final = loop.evaluate(state, total_steps)
   finally:
     # Let a save that is under way finish, even when training stopped with an error.
     mngr.wait_until_finished()
@@ -158,18 +272,105 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return final
 
 
-def _open_workdir(config, workdir) -> tuple[pathlib.Path, dict]:
-  """Validates ``config``, records the code's provenance, creates ``workdir`` and refuses
-  to resume a checkpointed run with a different config."""
+def _initial_state(config, run, mngr, repl, moved):
+  """The state to train from: the newest checkpoint, else a fresh initialisation (with
+  ``config.init_from``'s parameters and BatchNorm statistics when set). Also returns the
+  start-record fields of a restart / init_from (``{}`` for a plain run)."""
+  state = checkpoint.restore_latest(mngr, run.abstract_state)
+  origin = {} if moved is None else {"previous_run": str(moved)}
+  if state is None:
+    state = jax.jit(run.init, out_shardings=repl)(jax.random.key(config.seed))
+    if config.init_from:
+      state, source_step, source_dir = _init_from(config.init_from, run, state, repl)
+      origin.update(init_from=str(source_dir), init_from_step=source_step)
+  return state, origin
+
+def _open_workdir(config, workdir) -> tuple[pathlib.Path, dict, pathlib.Path | None]:
+  """Validates ``config``, records the code's provenance, creates ``workdir``, checks
+  ``config.init_from`` (before anything is moved), moves a previous run aside when
+  ``config.restart`` and otherwise refuses to resume a checkpointed run with a different
+  config. Returns ``(workdir, provenance, where the previous run went or None)``."""
   validate(config)
   # Now, not after data loading: git status must describe the code this process started from.
   prov = provenance.run_provenance()
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  if checkpoint.saved_steps(workdir) and (workdir / "config.json").is_file():
+  resuming = bool(checkpoint.saved_steps(workdir)) and not config.restart
+  if config.init_from and not resuming:
+    _check_init_from(config.init_from, workdir)
+  moved = None
+  if config.restart:
+    moved = move_aside(workdir) if jax.process_index() == 0 else None
+    if jax.process_count() > 1:  # no process may open checkpoints/ before it has moved
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices("cnn_jax.train restart")
+  elif resuming and (workdir / "config.json").is_file():
     check_resume(from_json((workdir / "config.json").read_text()), config,
                  str(workdir / "config.json"))
-  return workdir, prov
+  return workdir, prov, moved
+
+
+# What a run writes to its workdir, and what config key restart moves aside.
+RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "tensorboard")
+
+
+def move_aside(workdir: pathlib.Path) -> pathlib.Path | None:
+  """Moves the :data:`RUN_FILES` present in ``workdir`` into a new
+  ``<workdir>/previous-<YYYYmmdd-HHMMSS>/`` (local time; ``-2``, ``-3``... appended if that
+  exists) and returns it, or ``None`` when there is nothing to move. Nothing is deleted;
+  other files (notes, READMEs) stay."""
+  names = [n for n in RUN_FILES if (workdir / n).exists()]
+  if not names:
+    return None
+  base = workdir / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
+  dest, k = base, 1
+  while dest.exists():
+    k += 1
+    dest = base.with_name(f"{base.name}-{k}")
+  dest.mkdir()
+  for n in names:
+    (workdir / n).rename(dest / n)
+  print(f"cnn_jax: restart = True: moved {', '.join(names)} of the previous run to {dest}",
+        flush=True)
+  return dest
+
+
+def _check_init_from(source: str, workdir: pathlib.Path) -> None:
+  """Refuses an ``init_from`` that holds no checkpoint or is this run's own workdir."""
+  src = pathlib.Path(source)
+  if src.absolute().resolve() == workdir.absolute().resolve():
+    raise ValueError(f"config key init_from = {source!r} is this run's own workdir; to "
+                     f"continue the run, resume it (init_from = '', restart = False); to "
+                     f"start over from its weights, move it elsewhere first and name that")
+  if not checkpoint.saved_steps(src):
+    raise FileNotFoundError(f"config key init_from = {source!r}: "
+                            f"{src.absolute() / 'checkpoints'} holds no complete checkpoint")
+
+
+def _init_from(source: str, run: RunSetup, state, repl):
+  """``state`` (fresh, step 0) with the parameters and BatchNorm statistics of the newest
+  checkpoint in workdir ``source``; the optimizer state is initialised for them and an EMA
+  starts at them. Returns ``(state, source step, source checkpoint directory)``.
+
+  Raises:
+    ValueError: that checkpoint does not fit the model (first mismatched path, both shapes).
+  """
+  # restore_variables takes a skip list of paths (e.g. a new head) for transfer learning.
+  variables, step, step_dir = checkpoint.restore_variables(
+      source, {"params": state.params, "batch_stats": state.batch_stats})
+
+  def place(state, variables):
+    new = state.replace(params=variables["params"], batch_stats=variables["batch_stats"],
+                        opt_state=run.tx.init(variables["params"]))
+    if isinstance(new, steps.EmaTrainState):  # copies: the step donates the state
+      new = new.replace(ema=jax.tree.map(jnp.copy, variables))
+    return new
+
+  state = jax.jit(place, out_shardings=repl)(state, variables)
+  if jax.process_index() == 0:
+    print(f"cnn_jax: init_from: parameters and BatchNorm statistics of {step_dir} "
+          f"(step {step})", flush=True)
+  return state, step, step_dir
 
 
 def _load_data(config):
@@ -185,7 +386,8 @@ def _load_data(config):
 
 def _start_logs(config, workdir, ds, mesh, run, state, start_step, materialize, prov):
   """Opens the metric writers, writes ``config.json``, prints the one-line banner and logs
-  the ``start`` record (run facts and provenance). Returns the writer."""
+  the ``start`` record (run facts, and ``prov``: provenance, plus ``previous_run``,
+  ``init_from`` and ``init_from_step`` when those options acted). Returns the writer."""
   is_main = jax.process_index() == 0
   extra = [TensorBoardWriter(workdir / "tensorboard")] if config.tensorboard else []
   writer = MultiWriter(JsonlWriter(workdir), *extra)
@@ -197,7 +399,8 @@ def _start_logs(config, workdir, ds, mesh, run, state, start_step, materialize, 
           f"[{ds.source}]: {len(ds.train_labels)} train / {len(ds.test_labels)} test, "
           f"{run.steps_per_epoch} steps/epoch x {config.num_epochs} epochs, "
           f"{mesh.devices.size} device(s) of {jax.devices()[0].platform}, "
-          f"{'resuming at step %d' % start_step if start_step else 'from scratch'}", flush=True)
+          f"{'resuming at step %d' % start_step if start_step else 'from scratch'}"
+          f"{' (weights of %s)' % prov['init_from'] if 'init_from' in prov else ''}", flush=True)
   writer.write({"event": "start", "step": start_step, "model": config.model.name,
                 "num_params": n_params, "data_source": ds.source, "devices": mesh.devices.size,
                 "platform": jax.devices()[0].platform, "process_count": jax.process_count(),
@@ -249,7 +452,15 @@ def train_batches(config, ds: data.Dataset, start_step: int, steps_per_epoch: in
 class _Loop:
   """The train loop's periodic work around the jitted steps: train records every
   ``log_every_steps`` (the only host transfer of the loop), an evaluation every
-  ``eval_every_epochs``, a checkpoint every ``checkpoint_every_steps`` (0: each epoch)."""
+  ``eval_every_epochs``, a checkpoint every ``checkpoint_every_steps`` (0: each epoch).
+
+  Numerical faults are found without a sync per step: the train losses are read where the
+  loop reads its metrics anyway (each train record) and before each evaluation and save;
+  a NaN or Inf loss at step s is thus detected at the first of those after s, and nothing
+  is saved or evaluated in between. Before each evaluation and save the parameters and
+  BatchNorm statistics must be finite too (an update can overflow while its loss was
+  finite): one reduction on device and a scalar read, no per-step cost.
+  """
 
   def __init__(self, config, ds, run, writer, t_start, batch_sh, train_step, eval_step,
                ema_eval_step):
@@ -257,6 +468,9 @@ class _Loop:
     self.t_start, self.batch_sh = t_start, batch_sh
     self.train_step, self.eval_step, self.ema_eval_step = train_step, eval_step, ema_eval_step
     self.last = {}  # the last logged train_loss / train_accuracy
+    self.saved_step = None  # the newest step saved (or being saved)
+    # The train metrics not yet logged, of steps step_log + 1, step_log + 2, ...
+    self.pending, self.step_log = [], 0
 
   def evaluate(self, state, step: int) -> dict:
     """Evaluates ``state`` (and its EMA) on the whole test set and logs the record."""
@@ -274,36 +488,115 @@ class _Loop:
     self.writer.write(rec)
     return rec
 
-  def _log_train(self, pending, done: int, step_log: int, t_log: float) -> float:
-    fetched = parallel.to_host(pending)
+  def _log_train(self, done: int, t_log: float, state, mngr) -> float:
+    """Writes the train record of the pending steps (up to ``done``), then checks their
+    losses (:meth:`_check_losses`); returns the time of the record."""
+    fetched = parallel.to_host(self.pending)
     now = time.time()
     self.last = {"train_loss": float(np.mean([m["loss"] for m in fetched])),
                  "train_accuracy": float(np.mean([m["accuracy"] for m in fetched]))}
-    ips = (done - step_log) * self.config.batch_size / (now - t_log)
+    ips = (done - self.step_log) * self.config.batch_size / (now - t_log)
     self.writer.write({"step": done, "epoch": done / self.run.steps_per_epoch, **self.last,
                        "lr": float(self.run.schedule(done - 1)), "images_per_s": ips,
                        "wall_s": now - self.t_start})
     self.pbar.set_postfix(loss=f"{self.last['train_loss']:.3f}",
                           acc=f"{self.last['train_accuracy']:.3f}", img_s=f"{ips:.0f}")
+    self._check_losses([m["loss"] for m in fetched], done, state, mngr)
+    self.pending, self.step_log = [], done
     return now
 
-  def train(self, state, start_step: int, mngr):
-    """Runs the train steps from ``start_step`` to the end; returns the final state."""
+  def _check_losses(self, losses, done: int, state, mngr) -> None:
+    """Raises :class:`NonFiniteError` at the first non-finite loss among ``losses`` (host
+    floats of steps ``step_log + 1, ...``; ``None``: fetch the pending ones)."""
+    if losses is None:
+      losses = parallel.to_host([m["loss"] for m in self.pending])
+    for i, loss in enumerate(losses):
+      if not np.isfinite(loss):
+        bad = self.step_log + i + 1
+        raise self._fault(f"train loss is {float(loss)} at step {bad} (detected at step "
+                          f"{done}, where the loop reads its metrics)", bad, state, mngr)
+
+  def _fault(self, what: str, step: int, state, mngr) -> NonFiniteError:
+    """The error for a numerical fault: ``what`` happened, the first non-finite parameter or
+    BatchNorm statistic now, and which checkpoint is the last good one."""
+    self.pbar.close()
+    mngr.wait_until_finished()  # a save under way is of an earlier, checked step
+    leaf = first_nonfinite_leaf({"params": state.params, "batch_stats": state.batch_stats})
+    newest = mngr.latest_step()
+    kept = (f"the newest checkpoint, step {newest} in "
+            f"{pathlib.Path(mngr.directory) / str(newest)}, is intact" if newest is not None
+            else "no checkpoint had been written")
+    return NonFiniteError(
+        f"{what}; first non-finite parameter or BatchNorm statistic: "
+        f"{leaf or 'none, all finite'}. Training stopped and saved nothing of this state; "
+        f"{kept}. Lower optim.lr, set optim.grad_clip_norm (e.g. 1.0), or look at that "
+        f"step's batch", step, leaf)
+
+  def _check(self, step: int, state, mngr, purpose: str) -> None:
+    """Checks the pending losses, then that the parameters and BatchNorm statistics of
+    ``state`` (at ``step``, about to be ``purpose``) are finite.
+
+    Raises:
+      NonFiniteError: either is not.
+    """
+    self._check_losses(None, step, state, mngr)
+    if not bool(parallel.to_host(_all_finite((state.params, state.batch_stats)))):
+      raise self._fault(f"the parameters to be {purpose} at step {step} are not finite "
+                        f"although every train loss up to it was (an update overflowed)",
+                        step, state, mngr)
+
+  def save(self, mngr, step: int, state) -> None:
+    """Saves ``state`` as checkpoint ``step`` (asynchronously) after :meth:`_check`.
+
+    Raises:
+      NonFiniteError: see :meth:`_check`; nothing is saved.
+    """
+    self._check(step, state, mngr, "saved")
+    checkpoint.save(mngr, step, state)
+    self.saved_step = step
+
+  def _preempt(self, mngr, done: int, state, signum: int, t_log: float):
+    """Logs the pending steps, saves step ``done`` and waits for the save to be complete,
+    prints where it is and raises :class:`Preempted`."""
+    if self.pending:
+      self._log_train(done, t_log, state, mngr)
+    if self.saved_step != done:
+      self.save(mngr, done, state)
+    mngr.wait_until_finished()
+    self.pbar.close()
+    path = pathlib.Path(mngr.directory) / str(done)
+    name = signal.Signals(signum).name
+    message = (f"{name}: checkpoint saved at step {done} in {path}; rerun the same command "
+               f"to resume" + (" with restart = False (True would move this run aside)"
+                               if self.config.restart else ""))
+    if jax.process_index() == 0:
+      print(message, flush=True)
+    raise Preempted(message, done, path, signum)
+
+  def train(self, state, start_step: int, mngr, stop: _StopOnSignal):
+    """Runs the train steps from ``start_step`` to the end; returns the final state.
+
+    Raises:
+      Preempted: ``stop`` recorded a signal; the step reached is saved first.
+      NonFiniteError: see the class docstring.
+    """
     c, spe = self.config, self.run.steps_per_epoch
     total_steps = spe * c.num_epochs
     ckpt_every = c.checkpoint_every_steps or spe
     self.pbar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step",
                           dynamic_ncols=True,
                           disable=not (jax.process_index() == 0 and c.progress_bar))
-    pending, t_log, step_log = [], time.time(), start_step
+    self.pending, self.step_log, t_log = [], start_step, time.time()
+    self.saved_step = mngr.latest_step()
     for step, images, labels in train_batches(c, self.ds, start_step, spe, self.batch_sh):
       state, metrics = self.train_step(state, images, labels)
-      pending.append(metrics)
+      self.pending.append(metrics)
       done = step + 1
       self.pbar.update(1)
       if done % c.log_every_steps == 0 or done == total_steps:
-        t_log, step_log, pending = self._log_train(pending, done, step_log, t_log), done, []
+        t_log = self._log_train(done, t_log, state, mngr)
       if done % spe == 0 and (done // spe) % c.eval_every_epochs == 0 and done != total_steps:
+        self._check(done, state, mngr, "evaluated")  # and then saved: fail before both
         rec = self.evaluate(state, done)
         self.pbar.write(f"epoch {done // spe}: test_accuracy {rec['test_accuracy']:.4f} "
                         f"test_loss {rec['test_loss']:.4f}" + (
@@ -311,7 +604,9 @@ class _Loop:
                             if "ema_test_accuracy" in rec else ""))
         t_log += rec["eval_s"]  # keep evaluation out of the training images/s
       if done % ckpt_every == 0 and done != total_steps:
-        checkpoint.save(mngr, done, state)
+        self.save(mngr, done, state)
+      if stop.signum is not None:
+        self._preempt(mngr, done, state, stop.signum, t_log)
     self.pbar.close()
     return state
 
@@ -326,7 +621,10 @@ def main(argv):
     if hint:
       print(f"cnn_jax.train: {hint}", file=sys.stderr, flush=True)
   cfg = flags.FLAGS.config
-  train_and_evaluate(cfg, flags.FLAGS.workdir)
+  try:
+    train_and_evaluate(cfg, flags.FLAGS.workdir)
+  except Preempted as e:  # its line saying where the checkpoint is was printed
+    sys.exit(e.exit_code)
 
 
 def _cli():

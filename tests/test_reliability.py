@@ -1,0 +1,400 @@
+"""Reliability (issue #22, items 2, 4 and 5): a signal stops training with a checkpoint that
+resumes bit for bit, a NaN/Inf loss stops it without saving the bad state, gradient
+clipping bounds the update, and a used workdir can be restarted or a run initialised from
+another's weights, with a checkpoint that does not fit the model named by path and shapes.
+
+The runs train ``cifar10_cnn`` on 96 real CIFAR-10 images at batch 32 (3 steps per epoch).
+"""
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from cnn_jax import checkpoint, models, optim, steps, train
+from cnn_jax import data as cnn_data
+from cnn_jax.config import base_config
+from cnn_jax.metric_writer import read_jsonl
+from tests.conftest import tiny_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _load_data_once():
+  """``data.load`` reads the whole decoded CIFAR-10 cache (~8 s); the runs of this module
+  share one load per data config."""
+  real, loaded = cnn_data.load, {}
+
+  def load(data_config):
+    key = data_config.to_json()
+    if key not in loaded:
+      loaded[key] = real(data_config)
+    return loaded[key]
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(cnn_data, "load", load)
+    yield
+
+
+def _config(cifar10_dir, cache_dir, num_epochs=2):
+  return tiny_config("cifar10_cnn", cifar10_dir, cache_dir, num_train=96, num_test=70,
+                     batch_size=32, num_epochs=num_epochs)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cifar10_dir, cache_dir):
+  """An uninterrupted 2-epoch run (6 steps; checkpoints at 3 and 6): ``(workdir, final)``."""
+  workdir = tmp_path_factory.mktemp("reference")
+  return workdir, train.train_and_evaluate(_config(cifar10_dir, cache_dir), str(workdir))
+
+
+def _newest_checkpoint(workdir) -> tuple[int, dict]:
+  """The step and arrays (NumPy, as saved: step, params, batch_stats, opt_state, ...) of
+  the newest checkpoint in ``workdir``."""
+  step = checkpoint.saved_steps(workdir)[-1]
+  path = pathlib.Path(workdir).absolute() / "checkpoints" / str(step) / "default"
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr, warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)  # "sharding info not provided": NumPy wanted
+    tree = ckptr.restore(path)
+  return step, jax.tree.map(np.asarray, tree)
+
+
+def _wrap_train_step(monkeypatch, after_call):
+  """Makes the trainer's train step call ``after_call(n, state) -> state`` after its n-th
+  call (n from 1), on the state it returns; the real step stays jitted."""
+  real, real_jit = steps.make_train_step, jax.jit
+
+  def make(*args, **kwargs):
+    inner = real_jit(real(*args, **kwargs), donate_argnums=0)
+    calls = {"n": 0}
+
+    def wrapped_step(state, x, y):
+      state, metrics = inner(state, x, y)
+      calls["n"] += 1
+      return after_call(calls["n"], state), metrics
+    return wrapped_step
+
+  monkeypatch.setattr(steps, "make_train_step", make)
+  # The trainer jits what make_train_step returns; let the wrapper run eagerly.
+  monkeypatch.setattr(jax, "jit", lambda f, **kw: f if f.__name__ == "wrapped_step"
+                      else real_jit(f, **kw))
+
+
+# --- Item 2: SIGTERM / SIGINT -------------------------------------------------------------
+
+
+def test_sigint_mid_epoch_saves_that_step_and_the_resumed_run_is_bit_identical(
+    reference, cifar10_dir, cache_dir, tmp_path, monkeypatch, capsys):
+  """A real SIGINT after step 5 (mid-epoch 2; not a log or checkpoint step) stops the run
+  with a checkpoint of step 5; the same call resumes there and ends with every array
+  (parameters, BatchNorm statistics, optimizer state) equal to the uninterrupted run's."""
+  ref_dir, ref_final = reference
+  cfg = _config(cifar10_dir, cache_dir)
+  handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+  def signal_after_5(n, state):
+    if n == 5:
+      os.kill(os.getpid(), signal.SIGINT)
+    return state
+
+  _wrap_train_step(monkeypatch, signal_after_5)
+  with pytest.raises(train.Preempted) as e:
+    train.train_and_evaluate(cfg, str(tmp_path))
+  monkeypatch.undo()
+  ckpt = tmp_path.absolute() / "checkpoints" / "5"
+  assert (e.value.step, e.value.path, e.value.exit_code) == (5, ckpt, 130)
+  assert (f"SIGINT: checkpoint saved at step 5 in {ckpt}; rerun the same command to resume\n"
+          in capsys.readouterr().out)
+  assert checkpoint.saved_steps(tmp_path) == [3, 5]  # complete, not an orbax temporary
+  assert {s: signal.getsignal(s) for s in handlers} == handlers  # restored
+  recs = read_jsonl(tmp_path / "metrics.jsonl")
+  # Step 5's metrics are logged before stopping; nothing after it ran.
+  assert [r["step"] for r in recs if "train_loss" in r] == [2, 4, 5]
+  assert [r["step"] for r in recs if "test_loss" in r] == [3]
+
+  resumed = train.train_and_evaluate(cfg, str(tmp_path))
+  starts = [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r.get("event")]
+  assert starts == [0, 5]
+  (step_a, want), (step_b, got) = _newest_checkpoint(ref_dir), _newest_checkpoint(tmp_path)
+  assert step_a == step_b == 6
+  flat_want, flat_got = (jax.tree_util.tree_flatten_with_path(t)[0] for t in (want, got))
+  assert [p for p, _ in flat_want] == [p for p, _ in flat_got]
+  for (path, a), (_, b) in zip(flat_want, flat_got):
+    np.testing.assert_array_equal(b, a, err_msg=jax.tree_util.keystr(path))
+  assert resumed["test_loss"] == ref_final["test_loss"]
+  assert resumed["test_accuracy"] == ref_final["test_accuracy"]
+
+
+def test_cli_sigterm_exits_143_with_a_complete_checkpoint(cifar10_dir, cache_dir, tmp_path):
+  """The command line, sent SIGTERM once training runs, saves the step it reached, prints
+  where and exits with 128 + 15."""
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "cnn_jax.train", "--config", "configs/cifar10_cnn.py",
+       "--workdir", str(tmp_path), f"--config.data.dir={cifar10_dir}",
+       f"--config.data.cache_dir={cache_dir}", "--config.data.num_train=96",
+       "--config.data.num_test=70", "--config.batch_size=32", "--config.eval_batch_size=70",
+       "--config.num_epochs=500", "--config.eval_every_epochs=500",
+       "--config.log_every_steps=2", "--config.progress_bar=False",
+       "--config.tensorboard=False"],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 300
+    metrics = tmp_path / "metrics.jsonl"
+    # Wait for the first train record: the loop (and its signal handlers) is running.
+    while not (metrics.is_file() and any("train_loss" in r for r in read_jsonl(metrics))):
+      assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+      time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 143, err[-3000:]
+  m = re.search(r"^SIGTERM: checkpoint saved at step (\d+) in (\S+); rerun the same "
+                r"command to resume$", out, re.M)
+  assert m, out
+  step = int(m.group(1))
+  assert 2 <= step < 1500
+  assert pathlib.Path(m.group(2)) == tmp_path.absolute() / "checkpoints" / str(step)
+  assert checkpoint.saved_steps(tmp_path)[-1] == step
+  assert "final:" not in out and "Traceback" not in err
+
+
+# --- Item 4: numerical faults -------------------------------------------------------------
+
+
+def _poison(state, path=("Dense_0", "bias")):
+  flat = flax.traverse_util.flatten_dict(state.params)
+  flat[path] = flat[path] * jnp.nan
+  return state.replace(params=flax.traverse_util.unflatten_dict(flat))
+
+
+def test_nan_loss_between_log_steps_stops_before_the_next_save(cifar10_dir, cache_dir,
+                                                               tmp_path, monkeypatch):
+  """Parameters turned NaN after step 4 make step 5's loss NaN. Metrics are read at log
+  steps (every 4), but the epoch-end evaluation and checkpoint at step 6 come first: they
+  must find it, so step 3 stays the newest checkpoint and nothing of step 6 exists."""
+  cfg = _config(cifar10_dir, cache_dir, num_epochs=3)
+  cfg.log_every_steps = 4
+  _wrap_train_step(monkeypatch, lambda n, s: _poison(s) if n == 4 else s)
+  with pytest.raises(train.NonFiniteError, match=r"train loss is nan at step 5 \(detected at "
+                                                 r"step 6.*the newest checkpoint, step 3 in "
+                                                 r".*checkpoints/3, is intact") as e:
+    train.train_and_evaluate(cfg, str(tmp_path))
+  assert e.value.step == 5 and e.value.leaf.startswith("params/")
+  assert f"first non-finite parameter or BatchNorm statistic: {e.value.leaf}." in str(e.value)
+  assert checkpoint.saved_steps(tmp_path) == [3]
+  assert not list((tmp_path / "checkpoints").glob("6*"))  # no save of step 6 even begun
+  recs = read_jsonl(tmp_path / "metrics.jsonl")
+  assert [r["step"] for r in recs if "test_loss" in r] == [3]  # no evaluation of step 6
+  _, kept = _newest_checkpoint(tmp_path)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(kept["params"]))
+
+
+def test_nonfinite_parameters_with_a_finite_loss_are_not_saved(cifar10_dir, cache_dir,
+                                                               tmp_path, monkeypatch):
+  """An update that overflows leaves a finite loss for its own step: the parameters are
+  checked before the epoch-end evaluation and save of step 3, which are refused naming the
+  leaf (step 4's loss, the next check of the losses alone, would come too late)."""
+  cfg = _config(cifar10_dir, cache_dir, num_epochs=2)
+  _wrap_train_step(monkeypatch, lambda n, s: _poison(s) if n == 3 else s)
+  with pytest.raises(train.NonFiniteError, match=r"parameters to be evaluated at step 3 are "
+                                                 r"not finite.*params/Dense_0/bias.*no "
+                                                 r"checkpoint had been written") as e:
+    train.train_and_evaluate(cfg, str(tmp_path))
+  assert (e.value.step, e.value.leaf) == (3, "params/Dense_0/bias")
+  assert checkpoint.saved_steps(tmp_path) == []
+  assert not [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "test_loss" in r]
+
+
+def _sgd(**overrides):
+  c = base_config().optim
+  c.lr, c.momentum, c.weight_decay, c.schedule, c.warmup_epochs = 1.0, 0.0, 0.0, "constant", 0
+  c.update(overrides)
+  return c
+
+
+def test_grad_clip_norm_bounds_the_update():
+  """optim.grad_clip_norm clips the global gradient norm (optax.clip_by_global_norm) before
+  the optimizer: at lr 1 the SGD update is -g * min(1, clip / |g|)."""
+  params = {"w": jnp.zeros((3, 4)), "b": jnp.zeros((4,))}
+  big = {"w": jnp.full((3, 4), 2.0), "b": jnp.full((4,), -3.0)}  # |g| = sqrt(48 + 36)
+  small = jax.tree.map(lambda g: g * 1e-3, big)
+  tx, _ = optim.create_optimizer(_sgd(grad_clip_norm=0.5), 10, 1)
+  updates, _ = tx.update(big, tx.init(params), params)
+  np.testing.assert_allclose(optax.tree.norm(updates), 0.5, rtol=1e-6)
+  scale = 0.5 / np.sqrt(84.0)
+  jax.tree.map(lambda u, g: np.testing.assert_allclose(u, -scale * g, rtol=1e-6), updates, big)
+  updates, _ = tx.update(small, tx.init(params), params)  # under the bound: untouched
+  jax.tree.map(lambda u, g: np.testing.assert_allclose(u, -g, rtol=1e-6), updates, small)
+  off, _ = optim.create_optimizer(_sgd(), 10, 1)  # 0 = off
+  np.testing.assert_allclose(optax.tree.norm(off.update(big, off.init(params))[0]),
+                             np.sqrt(84.0), rtol=1e-6)
+
+
+def test_grad_clip_norm_bounds_the_train_step_update():
+  """Through the train step: one SGD step at lr 1 moves the parameters by at most the clip
+  norm (and by more without it, so the bound is what holds them)."""
+  model = models.create("cifar10_cnn", widths=(8, 8, 8))
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8))
+  y = jnp.asarray(rng.integers(0, 10, (8,), dtype=np.int32))
+  moved = {}
+  for clip in (0.0, 0.01):
+    tx, _ = optim.create_optimizer(_sgd(grad_clip_norm=clip), 10, 1)
+    state = steps.init_state(model, tx, jax.random.key(0), (16, 16, 3))
+    before = jax.tree.map(np.asarray, state.params)
+    step = jax.jit(steps.make_train_step(model, tx, num_classes=10, mean=[128.0] * 3,
+                                         std=[64.0] * 3, seed=0))
+    new, _ = step(state, x, y)
+    moved[clip] = float(optax.tree.norm(jax.tree.map(lambda a, b: a - b, new.params,
+                                                       before)))
+  assert moved[0.01] <= 0.01 * (1 + 1e-4) and moved[0.01] > 0.009
+  assert moved[0.0] > 0.1
+
+
+# --- Item 5: restart, init_from, checkpoints that do not fit ------------------------------
+
+
+def test_restart_moves_the_previous_run_aside_and_starts_from_scratch(
+    reference, cifar10_dir, cache_dir, tmp_path):
+  ref_dir, _ = reference
+  workdir = tmp_path / "run"
+  shutil.copytree(ref_dir, workdir)
+  (workdir / "NOTES.md").write_text("mine\n")
+  old = {f: (workdir / f).read_bytes() for f in ("metrics.jsonl", "config.json")}
+  cfg = _config(cifar10_dir, cache_dir, num_epochs=1)
+  cfg.optim.lr = 0.05  # a resume would refuse this config
+  cfg.restart = True
+  # An init_from that holds nothing is refused before anything is moved.
+  cfg.init_from = str(tmp_path / "nothing")
+  with pytest.raises(FileNotFoundError, match=r"config key init_from = '.*nothing'.*holds "
+                                              r"no complete checkpoint"):
+    train.train_and_evaluate(cfg, str(workdir))
+  assert checkpoint.saved_steps(workdir) == [3, 6] and not list(workdir.glob("previous-*"))
+  cfg.init_from = ""
+  final = train.train_and_evaluate(cfg, str(workdir))
+  assert final["step"] == 3
+  (aside,) = workdir.glob("previous-*")
+  assert re.fullmatch(r"previous-\d{8}-\d{6}", aside.name)
+  assert checkpoint.saved_steps(aside) == [3, 6]
+  assert old == {f: (aside / f).read_bytes() for f in old}
+  assert (workdir / "NOTES.md").read_text() == "mine\n"  # not the run's: stays
+  assert checkpoint.saved_steps(workdir) == [3]
+  recs = read_jsonl(workdir / "metrics.jsonl")
+  starts = [r for r in recs if r.get("event") == "start"]
+  assert len(starts) == 1 and starts[0]["step"] == 0
+  assert starts[0]["previous_run"] == str(aside)
+  assert json.loads((workdir / "config.json").read_text())["optim"]["lr"] == 0.05
+
+
+def test_init_from_takes_weights_and_batchnorm_statistics_only(
+    reference, cifar10_dir, cache_dir, tmp_path, monkeypatch):
+  """A fresh AdamW run with an EMA, initialised from the SGD reference run: its first step
+  sees the reference's parameters and BatchNorm statistics, step 0, a fresh optimizer
+  state, and an EMA starting at the loaded weights."""
+  ref_dir, _ = reference
+  ref_step, ref = _newest_checkpoint(ref_dir)
+  cfg = _config(cifar10_dir, cache_dir, num_epochs=1)
+  cfg.init_from, cfg.optim.name, cfg.ema_decay = str(ref_dir), "adamw", 0.5
+  first = {}
+  real, real_jit = steps.make_train_step, jax.jit
+
+  def make(*args, **kwargs):
+    inner = real_jit(real(*args, **kwargs), donate_argnums=0)
+
+    def wrapped_step(state, x, y):
+      if not first:
+        first.update(jax.tree.map(np.asarray, {"step": state.step, "params": state.params,
+                                               "batch_stats": state.batch_stats,
+                                               "opt_state": state.opt_state,
+                                               "ema": state.ema}))
+      return inner(state, x, y)
+    return wrapped_step
+
+  monkeypatch.setattr(steps, "make_train_step", make)
+  monkeypatch.setattr(jax, "jit", lambda f, **kw: f if f.__name__ == "wrapped_step"
+                      else real_jit(f, **kw))
+  train.train_and_evaluate(cfg, str(tmp_path))
+  monkeypatch.undo()
+  assert first["step"] == 0
+  for c in ("params", "batch_stats"):
+    jax.tree.map(np.testing.assert_array_equal, first[c], ref[c])
+    jax.tree.map(np.testing.assert_array_equal, first["ema"][c], ref[c])
+  adam = first["opt_state"][0][0]  # chain -> adamw's scale_by_adam state
+  assert int(adam.count) == 0
+  assert all(not x.any() for x in jax.tree.leaves((adam.mu, adam.nu)))
+  start = read_jsonl(tmp_path / "metrics.jsonl")[0]
+  assert start["init_from"] == str(ref_dir.absolute() / "checkpoints" / str(ref_step))
+  assert start["init_from_step"] == ref_step == 6
+
+
+def test_init_from_another_architecture_names_the_first_mismatched_path(
+    reference, cifar10_dir, cache_dir, tmp_path):
+  ref_dir, _ = reference
+  cfg = _config(cifar10_dir, cache_dir)
+  cfg.init_from = str(ref_dir)
+  cfg.model.kwargs.widths = (32, 64, 256)
+  with pytest.raises(ValueError, match=re.escape(
+      "params/ConvBNReLU_4/BatchNorm_0/bias has shape (128,) in the checkpoint, (256,) in "
+      "the model (and ") + r"\d+ more mismatched arrays\)") as e:
+    train.train_and_evaluate(cfg, str(tmp_path))
+  assert f"checkpoint {ref_dir.absolute() / 'checkpoints' / '6'}" in str(e.value)
+  assert checkpoint.saved_steps(tmp_path) == []
+
+
+def _state(num_classes):
+  model = models.create("cifar10_cnn", num_classes=num_classes)
+  tx, _ = optim.create_optimizer(base_config().optim, 10, 1)
+  return steps.init_state(model, tx, jax.random.key(num_classes), (32, 32, 3))
+
+
+def test_resume_into_a_changed_model_names_the_path_and_both_shapes(tmp_path):
+  """A normal resume whose model changed under the same config (e.g. edited model code):
+  orbax's error names no array; ours names the first one and both shapes."""
+  mngr = checkpoint.manager(tmp_path, 2)
+  checkpoint.save(mngr, 7, _state(10))
+  mngr.wait_until_finished()
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  wider = checkpoint.abstract_like(jax.eval_shape(lambda: _state(100)), sharding)
+  with pytest.raises(ValueError, match=re.escape(
+      f"cannot resume from checkpoint {tmp_path.absolute() / 'checkpoints' / '7'}: it does "
+      f"not fit the model this config builds: params/Dense_0/bias has shape (10,) in the "
+      f"checkpoint, (100,) in the model (and ")):
+    checkpoint.restore_latest(mngr, wider)
+  same = checkpoint.abstract_like(jax.eval_shape(lambda: _state(10)), sharding)
+  assert int(checkpoint.restore_latest(mngr, same).step) == 0
+  mngr.close()
+
+
+def test_restore_variables_skip_keeps_the_fresh_leaves(reference):
+  """The hook transfer learning builds on: paths in ``skip`` keep their fresh value and are
+  not compared, everything else comes from the checkpoint."""
+  ref_dir, _ = reference
+  _, ref = _newest_checkpoint(ref_dir)
+  fresh = _state(100)
+  fresh = {"params": fresh.params, "batch_stats": fresh.batch_stats}
+  with pytest.raises(ValueError, match=r"params/Dense_0/bias has shape \(10,\)"):
+    checkpoint.restore_variables(ref_dir, fresh)
+  got, step, _ = checkpoint.restore_variables(ref_dir, fresh, skip=("params/Dense_0",))
+  assert step == 6
+  np.testing.assert_array_equal(got["params"]["Dense_0"]["kernel"],
+                                fresh["params"]["Dense_0"]["kernel"])
+  del got["params"]["Dense_0"], ref["params"]["Dense_0"]
+  jax.tree.map(np.testing.assert_array_equal, {c: got[c] for c in ("params", "batch_stats")},
+               {c: ref[c] for c in ("params", "batch_stats")})
