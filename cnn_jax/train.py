@@ -285,6 +285,7 @@ def _initial_state(config, run, mngr, repl, moved):
       origin.update(init_from=str(source_dir), init_from_step=source_step)
   return state, origin
 
+
 def _open_workdir(config, workdir) -> tuple[pathlib.Path, dict, pathlib.Path | None]:
   """Validates ``config``, records the code's provenance, creates ``workdir``, checks
   ``config.init_from`` (before anything is moved), moves a previous run aside when
