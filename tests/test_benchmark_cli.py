@@ -28,6 +28,7 @@ def _num(pattern: str, line: str) -> float:
   return float(m.group(1).replace(",", ""))
 
 
+@pytest.mark.slow
 def test_cli_prints_the_jax_measurements(tmp_path):
   out_json = tmp_path / "bench.jsonl"
   env = dict(os.environ, PYTHONPATH=str(benchmark.REPO))

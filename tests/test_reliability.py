@@ -140,6 +140,7 @@ def test_sigint_mid_epoch_saves_that_step_and_the_resumed_run_is_bit_identical(
   assert resumed["test_accuracy"] == ref_final["test_accuracy"]
 
 
+@pytest.mark.slow
 def test_cli_sigterm_exits_143_with_a_complete_checkpoint(cifar10_dir, cache_dir, tmp_path):
   """The command line, sent SIGTERM once training runs, saves the step it reached, prints
   where and exits with 128 + 15."""
