@@ -233,16 +233,6 @@ def run_jax(spec: dict) -> dict:
 # ---------------------------------------------------------------- the parent
 
 
-def _parse_input(s: str) -> tuple[int, int, int]:
-  try:
-    dims = tuple(int(v) for v in s.lower().split("x"))
-  except ValueError:
-    dims = ()
-  if len(dims) != 3 or min(dims) < 1:
-    raise argparse.ArgumentTypeError(f"--input must be HxWxC like 32x32x3, got {s!r}")
-  return dims
-
-
 def _positive(s: str) -> int:
   try:
     v = int(s)
@@ -312,6 +302,7 @@ def format_torch(r: dict) -> str:
 
 
 def _arg_parser() -> argparse.ArgumentParser:
+  from cnn_jax.summary import _parse_input  # pylint: disable=g-import-not-at-top
   ap = argparse.ArgumentParser(prog="python -m cnn_jax.benchmark",
                                description=__doc__.splitlines()[0])
   ap.add_argument("--model", required=True, help="registered model name, e.g. resnet20")
