@@ -71,12 +71,7 @@ class Run:
     over = {**COMMON_OVERRIDES, **self.overrides,
             "data.dir": str((data_root / self.data).resolve())}
     return (["-m", "cnn_jax.train", "--config", self.config, "--workdir", str(workdir)]
-            + [f"--config.{k}={_flag_value(v)}" for k, v in over.items()])
-
-
-def _flag_value(v) -> str:
-  # absl parses booleans as True/False and tuples as (a, b); str() gives both.
-  return str(v)
+            + [f"--config.{k}={v}" for k, v in over.items()])
 
 
 def _alive(pid: int) -> bool:
