@@ -2,7 +2,8 @@
 
     python -m cnn_jax.benchmark --model resnet20 --batch 128 [--input 32x32x3]
         [--dtype float32|bfloat16] [--compare-torch] [--rounds R] [--windows 5]
-        [--steps-per-window N] [--materialize auto|on|off] [--no-tcmalloc] [--json FILE]
+        [--steps-per-window N] [--materialize auto|on|off] [--convs project|xla] [--no-tcmalloc]
+        [--json FILE]
 
 The JAX side runs in a child process, so that its environment is set before JAX starts: the
 ``XLA_FLAGS`` that ``python -m cnn_jax.train`` runs with (:func:`cnn_jax.xla_cpu.apply_cpu_defaults`:
@@ -46,6 +47,7 @@ Speed is never asserted in tests: the numbers depend on the machine and its load
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -136,6 +138,7 @@ def _compiled_steps(spec: dict):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from cnn_jax import models, optim, steps  # pylint: disable=g-import-not-at-top
   from cnn_jax.config import base_config  # pylint: disable=g-import-not-at-top
+  from cnn_jax.ops import depthwise  # pylint: disable=g-import-not-at-top
 
   batch, (h, w, c), nc = spec["batch"], spec["input"], spec["num_classes"]
   dtype = jnp.dtype(spec["dtype"])
@@ -160,12 +163,15 @@ def _compiled_steps(spec: dict):
   y = jax.device_put(rng.integers(0, nc, (batch,)).astype(np.int32))
   mask = jax.device_put(np.ones((batch,), np.float32))
 
-  t = time.perf_counter()
-  train_c = train_step.lower(state, x, y).compile()
-  train_compile = time.perf_counter() - t
-  t = time.perf_counter()
-  eval_c = eval_step.lower(state, x, y, mask).compile()
-  eval_compile = time.perf_counter() - t
+  # 'xla': every conv traced as XLA's own (no CPU rerouting by cnn_jax.ops.cpu_conv).
+  convs = depthwise.xla_convs() if spec.get("convs") == "xla" else contextlib.nullcontext()
+  with convs:
+    t = time.perf_counter()
+    train_c = train_step.lower(state, x, y).compile()
+    train_compile = time.perf_counter() - t
+    t = time.perf_counter()
+    eval_c = eval_step.lower(state, x, y, mask).compile()
+    eval_compile = time.perf_counter() - t
 
   return (train_c, eval_c, state, (x, y, mask), n_params, materialize, train_compile,
           eval_compile)
@@ -174,7 +180,8 @@ def _compiled_steps(spec: dict):
 def run_jax(spec: dict) -> dict:
   """The JAX measurement (runs in the child process; see the module docstring). ``spec``:
   ``model``, ``batch``, ``input`` [H, W, C], ``dtype``, ``windows``, ``steps_per_window``
-  (None = auto), ``materialize`` ('auto', 'on', 'off'), ``num_classes``. Returns a JSON-ready
+  (None = auto), ``materialize`` ('auto', 'on', 'off'), ``num_classes``, ``convs``
+  ('project' or 'xla', see ``--convs``). Returns a JSON-ready
   dict of the measurements."""
   import resource  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -224,7 +231,8 @@ def run_jax(spec: dict) -> dict:
       "inference_gflop_per_s": eval_flop / 1e9 * med_eval / batch,
       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       "train_temp_mib": temp_mib(train_c), "inference_temp_mib": temp_mib(eval_c),
-      "materialize_conv_inputs": materialize, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "materialize_conv_inputs": materialize, "convs": spec.get("convs", "project"),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "ld_preload": os.environ.get("LD_PRELOAD", ""), "jax": jax.__version__,
       "jaxlib": jaxlib.__version__, "backend": jax.default_backend(),
   }
@@ -320,6 +328,9 @@ def _arg_parser() -> argparse.ArgumentParser:
                   help="steps per timed window (default: about 2 s per window)")
   ap.add_argument("--materialize", choices=("auto", "on", "off"), default="auto",
                   help="materialize_conv_inputs, as the config key (auto: on for CPU)")
+  ap.add_argument("--convs", choices=("project", "xla"), default="project",
+                  help="'project': the models' convolution (cnn_jax.ops.cpu_conv, as "
+                  "training runs); 'xla': every conv XLA's own, to measure the rerouting")
   ap.add_argument("--no-tcmalloc", action="store_true",
                   help="do not preload tcmalloc (glibc malloc unless LD_PRELOAD names one)")
   ap.add_argument("--torch-threads", type=_positive, default=2)
@@ -402,6 +413,7 @@ def main(argv=None) -> int:
   n_jax = jax_param_count(a.model, a.input, a.num_classes)
 
   print(f"benchmark {what}: XLA_FLAGS={env.get('XLA_FLAGS', '')!r} materialize {a.materialize}, "
+        f"convs {a.convs}, "
         f"LD_PRELOAD={env.get('LD_PRELOAD', '')!r}, {a.windows} windows of "
         f"{a.steps_per_window or '~2 s of'} steps, {rounds} round(s)  {tag}", flush=True)
   torch_cmd = [sys.executable, str(TORCH_TWINS), "--model", a.model, "--batch", str(a.batch),
@@ -418,7 +430,7 @@ def main(argv=None) -> int:
 
   spec = dict(model=a.model, batch=a.batch, input=list(a.input), dtype=a.dtype,
               windows=a.windows, steps_per_window=a.steps_per_window,
-              materialize=a.materialize, num_classes=a.num_classes)
+              materialize=a.materialize, num_classes=a.num_classes, convs=a.convs)
   jax_cmd = [sys.executable, "-m", "cnn_jax.benchmark", _CHILD_ARG, json.dumps(spec)]
   results = {"jax": [], "torch": []}
   for r in range(rounds):

@@ -22,6 +22,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cnn_jax.models.layers import Conv
 from cnn_jax.models.registry import register
 
 # PyTorch's default weight init, kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -66,7 +67,7 @@ class AlexNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(nn.Conv, dtype=self.dtype, kernel_init=torch_default_init)
+    conv = functools.partial(Conv, dtype=self.dtype, kernel_init=torch_default_init)
     pool = functools.partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2))
     x = x.astype(self.dtype)
     x = pool(nn.relu(conv(64, (11, 11), (4, 4), padding=((2, 2), (2, 2)))(x)))

@@ -24,7 +24,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.models.layers import batch_norm
+from cnn_jax.models.layers import Conv, batch_norm
 
 
 class SqueezeExcite(nn.Module):
@@ -92,8 +92,8 @@ class SpatialGate(nn.Module):
     pooled = jnp.concatenate([jnp.max(x, axis=-1, keepdims=True),
                               jnp.mean(x, axis=-1, keepdims=True)], axis=-1)
     p = self.kernel_size // 2
-    s = nn.Conv(1, (self.kernel_size, self.kernel_size), padding=((p, p), (p, p)),
-                use_bias=False, dtype=self.dtype)(pooled)
+    s = Conv(1, (self.kernel_size, self.kernel_size), padding=((p, p), (p, p)),
+             use_bias=False, dtype=self.dtype)(pooled)
     s = batch_norm(train, self.dtype)(s)
     return x * nn.sigmoid(s.astype(jnp.float32)).astype(x.dtype)
 

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.models.layers import batch_norm
+from cnn_jax.models.layers import Conv, batch_norm
 from cnn_jax.models.registry import register
 
 
@@ -36,9 +36,9 @@ class ConvBNReLU(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = nn.Conv(self.features, self.kernel_size, self.strides, padding="SAME",
-                use_bias=True, dtype=self.dtype,
-                kernel_init=nn.initializers.he_normal())(x)
+    x = Conv(self.features, self.kernel_size, self.strides, padding="SAME",
+             use_bias=True, dtype=self.dtype,
+             kernel_init=nn.initializers.he_normal())(x)
     x = batch_norm(train, self.dtype)(x)
     return nn.relu(x)
 
@@ -108,8 +108,8 @@ class ConvPoolMLP(nn.Module):
     x = x.astype(self.dtype)
     k = (self.kernel_size, self.kernel_size)
     for f in self.features:
-      x = nn.Conv(f, k, padding=self.padding, dtype=self.dtype,
-                  kernel_init=nn.initializers.he_normal())(x)
+      x = Conv(f, k, padding=self.padding, dtype=self.dtype,
+               kernel_init=nn.initializers.he_normal())(x)
       x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     for h in self.hidden:

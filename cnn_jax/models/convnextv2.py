@@ -48,10 +48,9 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.models.layers import (DropPath, GRN, dense_init_02, drop_path_rates, gelu_exact,
-                                   layer_norm, scaled_init)
+from cnn_jax.models.layers import (Conv, DropPath, GRN, dense_init_02, drop_path_rates,
+                                   gelu_exact, layer_norm, scaled_init)
 from cnn_jax.models.registry import register
-from cnn_jax.ops import depthwise
 
 
 class ConvNeXtV2Block(nn.Module):
@@ -74,9 +73,9 @@ class ConvNeXtV2Block(nn.Module):
   def __call__(self, x, train: bool = False):
     dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=dense_init_02,
                               bias_init=nn.initializers.zeros)
-    y = nn.Conv(self.dim, (7, 7), padding=((3, 3), (3, 3)), feature_group_count=self.dim,
-                dtype=self.dtype, kernel_init=dense_init_02, bias_init=nn.initializers.zeros,
-                name="dwconv", conv_general_dilated=depthwise.conv_general_dilated)(x)
+    y = Conv(self.dim, (7, 7), padding=((3, 3), (3, 3)), feature_group_count=self.dim,
+             dtype=self.dtype, kernel_init=dense_init_02, bias_init=nn.initializers.zeros,
+             name="dwconv")(x)
     y = layer_norm(self.dtype, name="norm")(y)
     y = dense(4 * self.dim, name="pwconv1")(y)
     y = gelu_exact(y)
@@ -113,7 +112,7 @@ class ConvNeXtV2(nn.Module):
     if len(self.depths) != len(self.dims):
       raise ValueError(f"ConvNeXtV2: depths {tuple(self.depths)} and dims {tuple(self.dims)} "
                        f"must have the same length")
-    conv = functools.partial(nn.Conv, dtype=self.dtype, kernel_init=dense_init_02,
+    conv = functools.partial(Conv, dtype=self.dtype, kernel_init=dense_init_02,
                              bias_init=nn.initializers.zeros, padding="VALID")
     x = x.astype(self.dtype)
     p = self.stem_patch

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.models.layers import batch_norm
+from cnn_jax.models.layers import Conv, batch_norm
 from cnn_jax.models.registry import register
 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")  # kaiming_normal_
@@ -36,7 +36,7 @@ class DenseLayer(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     norm = functools.partial(batch_norm, train, self.dtype)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
+    conv = functools.partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
     y = conv(self.bn_size * self.growth_rate, (1, 1))(nn.relu(norm()(x)))
     y = conv(self.growth_rate, (3, 3), padding=((1, 1), (1, 1)))(nn.relu(norm()(y)))
     if self.drop_rate:
@@ -52,8 +52,8 @@ class Transition(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     x = batch_norm(train, self.dtype)(x)
-    x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
-                kernel_init=conv_init)(nn.relu(x))
+    x = Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
+             kernel_init=conv_init)(nn.relu(x))
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
@@ -83,8 +83,8 @@ class DenseNet(nn.Module):
   def __call__(self, x, train: bool = False):
     norm = functools.partial(batch_norm, train, self.dtype)
     x = x.astype(self.dtype)
-    x = nn.Conv(self.num_init_features, (7, 7), (2, 2), padding=((3, 3), (3, 3)),
-                use_bias=False, dtype=self.dtype, kernel_init=conv_init)(x)
+    x = Conv(self.num_init_features, (7, 7), (2, 2), padding=((3, 3), (3, 3)),
+             use_bias=False, dtype=self.dtype, kernel_init=conv_init)(x)
     x = nn.relu(norm()(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for i, n_layers in enumerate(self.block_config):

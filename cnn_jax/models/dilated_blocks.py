@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.models.blocks_depthwise import ConvBNAct
+from cnn_jax.models.layers import Conv
 
 CONTEXT_DILATIONS = (1, 1, 2, 4, 8, 16, 1)
 CONTEXT_LARGE_WIDTHS = (2, 2, 4, 8, 16, 32, 32)  # multiples of C for layers 1-7 (Table 1)
@@ -101,11 +102,11 @@ class ContextModule(nn.Module):
              else nn.initializers.variance_scaling(2.0, "fan_in", "normal"))
     x = x.astype(self.dtype)
     for i, (w, d) in enumerate(zip(widths, self.dilations)):
-      x = nn.Conv(w, (3, 3), padding=((d, d), (d, d)), kernel_dilation=(d, d),
-                  kernel_init=kinit, dtype=self.dtype, name=f"conv{i + 1}")(x)
+      x = Conv(w, (3, 3), padding=((d, d), (d, d)), kernel_dilation=(d, d),
+               kernel_init=kinit, dtype=self.dtype, name=f"conv{i + 1}")(x)
       x = nn.relu(x)
-    return nn.Conv(c, (1, 1), kernel_init=kinit, dtype=self.dtype,
-                   name=f"conv{len(widths) + 1}")(x)
+    return Conv(c, (1, 1), kernel_init=kinit, dtype=self.dtype,
+                name=f"conv{len(widths) + 1}")(x)
 
 
 class ASPP(nn.Module):

@@ -43,7 +43,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.models.blocks_depthwise import ConvBNAct
-from cnn_jax.models.layers import batch_norm, conv_init_fan_out
+from cnn_jax.models.layers import Conv, batch_norm, conv_init_fan_out
 from cnn_jax.models.registry import register
 from cnn_jax.models.resnet import ResNet
 from cnn_jax.models.resnet_cifar import CifarResNet
@@ -55,9 +55,9 @@ _norm = batch_norm
 
 def _conv(features: int, k: int, stride: int = 1, dilation: int = 1, dtype=jnp.float32, **kw):
   p = dilation * (k - 1) // 2
-  return nn.Conv(features, (k, k), (stride, stride), padding=((p, p), (p, p)),
-                 kernel_dilation=(dilation, dilation), use_bias=False, kernel_init=conv_init,
-                 dtype=dtype, **kw)
+  return Conv(features, (k, k), (stride, stride), padding=((p, p), (p, p)),
+              kernel_dilation=(dilation, dilation), use_bias=False, kernel_init=conv_init,
+              dtype=dtype, **kw)
 
 
 class DRNBasicBlock(nn.Module):
@@ -195,7 +195,7 @@ class DRN(nn.Module):
     if not self.out_map:
       x = jnp.mean(x, axis=(1, 2), keepdims=True)
     # fyu's classifier: a 1x1 conv with bias, initialised like every conv (He fan-out).
-    x = nn.Conv(self.num_classes, (1, 1), dtype=dt, kernel_init=conv_init, name="fc")(x)
+    x = Conv(self.num_classes, (1, 1), dtype=dt, kernel_init=conv_init, name="fc")(x)
     if not self.out_map:
       x = x[:, 0, 0, :]
     return x.astype(jnp.float32)

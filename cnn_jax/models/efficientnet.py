@@ -32,6 +32,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.models.blocks_depthwise import ConvBNAct, conv_init
+from cnn_jax.models.layers import Conv
 from cnn_jax.models.mobilenet import make_divisible
 from cnn_jax.models.registry import register
 
@@ -48,10 +49,10 @@ class SqueezeExcitation(nn.Module):
   def __call__(self, x):
     c = x.shape[-1]
     s = jnp.mean(x, axis=(1, 2), keepdims=True)
-    s = nn.Conv(self.squeeze_channels, (1, 1), dtype=self.dtype, kernel_init=conv_init,
-                name="fc1")(s)
+    s = Conv(self.squeeze_channels, (1, 1), dtype=self.dtype, kernel_init=conv_init,
+             name="fc1")(s)
     s = nn.silu(s)
-    s = nn.Conv(c, (1, 1), dtype=self.dtype, kernel_init=conv_init, name="fc2")(s)
+    s = Conv(c, (1, 1), dtype=self.dtype, kernel_init=conv_init, name="fc2")(s)
     return x * nn.sigmoid(s)
 
 

@@ -1,5 +1,10 @@
-"""Shared layers of the ConvNeXt V2, ViT and MLP-Mixer families.
+"""Layers shared by the model families.
 
+* :data:`Conv`: ``flax.linen.Conv`` computing through
+  :func:`cnn_jax.ops.cpu_conv.conv_general_dilated` (XLA's convolution, with the two cases
+  XLA's CPU backend runs slowly rerouted: depthwise convs and outputs smaller than the
+  window). Every model builds its convolutions with it; parameters are ``nn.Conv``'s.
+* :func:`batch_norm`, :data:`conv_init_fan_out`: PyTorch-default BatchNorm, He init.
 * :class:`GRN`: Global Response Normalization (Woo et al. 2023, "ConvNeXt V2: Co-designing
   and Scaling ConvNets with Masked Autoencoders", CVPR 2023, Eq. 1-3; reference
   implementation facebookresearch/ConvNeXt-V2 ``models/utils.py::GRN``).
@@ -15,12 +20,19 @@ All layers are channels-last; ``dtype`` is the compute dtype, parameters stay fl
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnn_jax.ops import cpu_conv
+
+
+# A partial, not a subclass: modules stay nn.Conv (same parameter names, same isinstance
+# checks, e.g. cnn_jax.xla_cpu.materialized_conv_inputs).
+Conv = functools.partial(nn.Conv, conv_general_dilated=cpu_conv.conv_general_dilated)
 
 # He et al. 2015 normal init on fan-out, as torchvision's ResNets and fyu/drn:
 # kaiming_normal_(mode='fan_out'), std = sqrt(2 / (k * k * out_channels)).

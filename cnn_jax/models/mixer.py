@@ -41,7 +41,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.models.layers import DropPath, drop_path_rates, gelu_exact, layer_norm
+from cnn_jax.models.layers import Conv, DropPath, drop_path_rates, gelu_exact, layer_norm
 from cnn_jax.models.registry import register
 
 
@@ -128,9 +128,9 @@ class MlpMixer(nn.Module):
     if h % p or w % p:
       raise ValueError(f"MlpMixer: input {h}x{w} not divisible by patch_size {p}")
     x = x.astype(self.dtype)
-    x = nn.Conv(self.hidden_dim, (p, p), (p, p), padding="VALID", dtype=self.dtype,
-                kernel_init=nn.initializers.lecun_normal(), bias_init=nn.initializers.zeros,
-                name="stem")(x)
+    x = Conv(self.hidden_dim, (p, p), (p, p), padding="VALID", dtype=self.dtype,
+             kernel_init=nn.initializers.lecun_normal(), bias_init=nn.initializers.zeros,
+             name="stem")(x)
     x = x.reshape(x.shape[0], -1, self.hidden_dim)
     for i, rate in enumerate(drop_path_rates(self.drop_path_rate, self.depth)):
       x = MixerBlock(self.tokens_mlp_dim, self.channels_mlp_dim, self.dropout, rate,

@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.models.alexnet import torch_default_init
-from cnn_jax.models.layers import batch_norm
+from cnn_jax.models.layers import Conv, batch_norm
 from cnn_jax.models.registry import register
 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # He normal, fan-out
@@ -52,7 +52,7 @@ class PreActBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     norm = functools.partial(batch_norm, train, self.dtype)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
+    conv = functools.partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
     s = (self.stride, self.stride)
     out = nn.relu(norm()(x))
     shortcut = x
@@ -79,7 +79,7 @@ class PreActBottleneck(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     norm = functools.partial(batch_norm, train, self.dtype)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
+    conv = functools.partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
     s = (self.stride, self.stride)
     out_ch = self.planes * self.expansion
     out = nn.relu(norm()(x))
@@ -121,8 +121,8 @@ class PreActResNet(nn.Module):
       raise ValueError(f"PreActResNet: block must be 'basic' or 'bottleneck', "
                        f"got {self.block!r}")
     x = x.astype(self.dtype)
-    x = nn.Conv(self.stem_width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                dtype=self.dtype, kernel_init=conv_init, name="conv1")(x)
+    x = Conv(self.stem_width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+             dtype=self.dtype, kernel_init=conv_init, name="conv1")(x)
     for i, (n, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for b in range(n):
         x = blocks[self.block](width, self.strides[i] if b == 0 else 1, dtype=self.dtype,

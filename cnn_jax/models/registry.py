@@ -63,7 +63,8 @@ def create(name: str, *, num_classes: int = 10, **kwargs: Any) -> nn.Module:
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise KeyError(
         f"unknown model {name!r} (config key model.name).{hint} "
-        f"See cnn_jax.models.list_models() for all {len(_REGISTRY)} names.")
+        f"Registered ({len(_REGISTRY)}, cnn_jax.models.list_models()): "
+        f"{', '.join(sorted(_REGISTRY))}")
   try:
     return _REGISTRY[name](num_classes=num_classes, **kwargs)
   except TypeError as e:

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from cnn_jax.models.alexnet import torch_default_init
 from cnn_jax.models.attention_blocks import CBAM, SqueezeExcite
-from cnn_jax.models.layers import batch_norm, conv_init_fan_out
+from cnn_jax.models.layers import Conv, batch_norm, conv_init_fan_out
 from cnn_jax.models.registry import register
 
 conv_init = conv_init_fan_out
@@ -74,7 +74,7 @@ class ResidualBlock(nn.Module):
   def __call__(self, x, train: bool):
     if self.groups != 1 or self.base_width != 64:
       raise ValueError("ResidualBlock (basic) only supports groups=1 and base_width=64")
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
+    conv = functools.partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
     d1 = self.first_dilation or self.dilation
     d2 = self.dilation
     s = (self.stride, self.stride)
@@ -113,7 +113,7 @@ class BottleneckBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
+    conv = functools.partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
     width = int(self.planes * (self.base_width / 64.0)) * self.groups
     out = self.planes * self.expansion
     d = self.first_dilation or self.dilation
@@ -195,13 +195,13 @@ class ResNet(nn.Module):
     strides, dilations = self.stage_strides_dilations()
     x = x.astype(self.dtype)
     if self.stem == "imagenet":
-      x = nn.Conv(self.stem_width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                  dtype=self.dtype, kernel_init=conv_init, name="conv1")(x)
+      x = Conv(self.stem_width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
+               dtype=self.dtype, kernel_init=conv_init, name="conv1")(x)
       x = nn.relu(_norm(train, self.dtype, name="bn1")(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     elif self.stem == "cifar":
-      x = nn.Conv(self.stem_width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                  dtype=self.dtype, kernel_init=conv_init, name="conv1")(x)
+      x = Conv(self.stem_width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+               dtype=self.dtype, kernel_init=conv_init, name="conv1")(x)
       x = nn.relu(_norm(train, self.dtype, name="bn1")(x))
     else:
       raise ValueError(f"ResNet: stem must be 'imagenet' or 'cifar', got {self.stem!r}")

@@ -17,7 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.models.layers import batch_norm, conv_init_fan_out
+from cnn_jax.models.layers import Conv, batch_norm, conv_init_fan_out
 from cnn_jax.models.registry import register
 
 conv_init = conv_init_fan_out  # He normal, fan-out
@@ -43,7 +43,7 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     norm = functools.partial(batch_norm, train, self.dtype)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
+    conv = functools.partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
     d1, d2 = self.dilation
     y = conv(self.features, (3, 3), (self.stride, self.stride), padding=((d1, d1), (d1, d1)),
              kernel_dilation=(d1, d1))(x)
@@ -97,8 +97,8 @@ class CifarResNet(nn.Module):
                        f"got {self.depth}")
     n = (self.depth - 2) // 6
     x = x.astype(self.dtype)
-    x = nn.Conv(self.widths[0], (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                dtype=self.dtype, kernel_init=conv_init)(x)
+    x = Conv(self.widths[0], (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+             dtype=self.dtype, kernel_init=conv_init)(x)
     x = nn.relu(batch_norm(train, self.dtype)(x))
     prev = 1
     for stage, width in enumerate(self.widths):

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.models.alexnet import adaptive_avg_pool
-from cnn_jax.models.layers import batch_norm
+from cnn_jax.models.layers import Conv, batch_norm
 from cnn_jax.models.registry import register
 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision VGG
@@ -63,8 +63,8 @@ class VGG(nn.Module):
     x = x.astype(self.dtype)
     for n_conv, width in zip(self.stages, self.widths):
       for _ in range(n_conv):
-        x = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                    kernel_init=conv_init)(x)
+        x = Conv(width, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                 kernel_init=conv_init)(x)
         if self.batch_norm:
           x = batch_norm(train, self.dtype)(x)
         x = nn.relu(x)

@@ -44,7 +44,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.models.layers import DropPath, dense_init_02, drop_path_rates, gelu_exact, layer_norm
+from cnn_jax.models.layers import (Conv, DropPath, dense_init_02, drop_path_rates, gelu_exact,
+                                   layer_norm)
 from cnn_jax.models.registry import register
 
 _dense = functools.partial(nn.Dense, kernel_init=dense_init_02, bias_init=nn.initializers.zeros)
@@ -176,9 +177,9 @@ class VisionTransformer(nn.Module):
     if h % p or w % p:
       raise ValueError(f"VisionTransformer: input {h}x{w} not divisible by patch_size {p}")
     x = x.astype(self.dtype)
-    x = nn.Conv(self.embed_dim, (p, p), (p, p), padding="VALID", dtype=self.dtype,
-                kernel_init=nn.initializers.lecun_normal(), bias_init=nn.initializers.zeros,
-                name="patch_embed")(x)
+    x = Conv(self.embed_dim, (p, p), (p, p), padding="VALID", dtype=self.dtype,
+             kernel_init=nn.initializers.lecun_normal(), bias_init=nn.initializers.zeros,
+             name="patch_embed")(x)
     n = x.shape[0]
     x = x.reshape(n, -1, self.embed_dim)
     if self.pool == "token":

@@ -3,7 +3,8 @@
 ``conv2d``/``conv1d`` with three implementations ('direct', 'im2col', 'xla'), the
 closed-form arithmetic in :mod:`cnn_jax.ops.formulas`, pooling in
 :mod:`cnn_jax.ops.pooling`, hand-designed kernels in :mod:`cnn_jax.ops.kernels`, and the
-fast CPU path for depthwise convs that the models use in :mod:`cnn_jax.ops.depthwise`.
+convolution the models call, :mod:`cnn_jax.ops.cpu_conv` (XLA's, with depthwise convs
+(:mod:`cnn_jax.ops.depthwise`) and small outputs rerouted on CPU).
 """
 
 from cnn_jax.ops.conv import IMPLS, conv1d, conv2d, im2col, resolve_padding

@@ -47,7 +47,14 @@ def xla_convs():
     _FORCE_XLA.reset(token)
 
 
-def _is_nhwc(lhs_shape, rhs_shape, dimension_numbers) -> bool:
+def forcing_xla() -> bool:
+  """Whether this thread/task is inside :func:`xla_convs` (every conv must stay XLA's)."""
+  return _FORCE_XLA.get()
+
+
+def is_nhwc(lhs_shape, rhs_shape, dimension_numbers) -> bool:
+  """Whether ``dimension_numbers`` mean NHWC input, HWIO kernel and NHWC output for these
+  shapes (``None``, lax's NCHW/OIHW default, is not)."""
   if dimension_numbers is None:
     return False  # lax's default is NCHW/OIHW
   want = lax.conv_dimension_numbers(lhs_shape, rhs_shape, _NHWC)
@@ -171,8 +178,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   goes to ``lax.conv_general_dilated`` unchanged.
   """
   rhs_dilation = tuple(rhs_dilation or (1,) * (lhs.ndim - 2))
-  taps = (not _FORCE_XLA.get() and jax.default_backend() == "cpu" and lhs.ndim == 4
-          and _is_nhwc(lhs.shape, rhs.shape, dimension_numbers)
+  taps = (not forcing_xla() and jax.default_backend() == "cpu" and lhs.ndim == 4
+          and is_nhwc(lhs.shape, rhs.shape, dimension_numbers)
           and feature_group_count == lhs.shape[-1] == rhs.shape[-1] and rhs.shape[2] == 1
           and batch_group_count == 1 and all(v == 1 for v in (lhs_dilation or (1, 1)))
           and (isinstance(padding, str) or all(p >= 0 for pair in padding for p in pair)))
