@@ -1,8 +1,14 @@
 """Checkpoints with orbax ``CheckpointManager``: save every N steps, keep the last k, resume.
 
-Orbax writes each step to a temporary directory and renames it when complete, so an
-interrupted save never leaves a half-written checkpoint that a resume would pick up. The
-data position is not stored: it is a function of the step (see ``cnn_jax.train``).
+Orbax writes each step to a temporary directory (``<step>.orbax-checkpoint-tmp``) and
+renames it when complete, so an interrupted save never leaves a half-written checkpoint
+that a resume would pick up (and a later save of that step replaces the leftover). Each
+save also records a CRC32 of every array's bytes in the step's metadata
+(``_CHECKPOINT_METADATA``, orbax's ``custom_metadata``, plain JSON): a checkpoint damaged
+*after* it was written (a truncated, overwritten or deleted file) is found at restore, set
+aside and the previous one used (:func:`restore_latest`). Orbax stores arrays with
+TensorStore and metadata as JSON; nothing is ever unpickled. The data position is not
+stored: it is a function of the step (see ``cnn_jax.train``).
 
 A checkpoint that does not fit the model it is restored into (another architecture, a
 changed model definition) is refused naming the first mismatched array path and both
@@ -12,16 +18,43 @@ before any array is read.
 
 from __future__ import annotations
 
+import json
 import pathlib
+import zlib
 from typing import Any, Sequence
 
 import flax
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 # The item name under which CheckpointManager stores a single-item checkpoint:
 # <workdir>/checkpoints/<step>/default.
 _ITEM = "default"
+# Orbax's per-step metadata file (JSON; it always writes one) and our key in its
+# custom_metadata: {array path: CRC32 of the array's bytes}.
+_STEP_METADATA = "_CHECKPOINT_METADATA"
+_CRC_KEY = "cnn_jax_crc32"
+# Where restore_latest moves damaged steps: <workdir>/checkpoints.damaged/<step>.
+DAMAGED_DIR = "checkpoints.damaged"
+
+
+class DamagedCheckpointError(RuntimeError):
+  """A checkpoint cannot be read back as it was written (missing or truncated files,
+  arrays whose bytes differ from the CRC32 recorded at save), and no older one is intact.
+
+  Attributes:
+    directory: the checkpoints directory.
+    damaged: ``{step directory: what is wrong}``, newest first.
+  """
+
+  def __init__(self, message: str, directory: pathlib.Path, damaged: dict):
+    super().__init__(message)
+    self.directory, self.damaged = directory, damaged
+
+
+class _Damaged(Exception):
+  """Internal: one step failed to restore or verify; the message says how."""
 
 
 def manager(workdir: str | pathlib.Path, keep: int) -> ocp.CheckpointManager:
@@ -38,36 +71,168 @@ def saved_steps(workdir: str | pathlib.Path) -> list[int]:
   return sorted(ocp.utils.checkpoint_steps(directory)) if directory.is_dir() else []
 
 
+def _host_bytes(x) -> bytes:
+  """The bytes of one array leaf as saved (a typed PRNG key as its key data)."""
+  if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    x = x.addressable_data(0)  # replicated: the local shard is the whole value
+  return np.ascontiguousarray(np.asarray(x)).tobytes()
+
+
+def checksums(tree) -> dict[str, int]:
+  """``{path: CRC32}`` of the bytes of every array leaf of ``tree`` (``'params/Dense_0/kernel'``
+  paths as :func:`key_path_str`). Reads each leaf to the host; for a train state that is
+  what a save copies anyway."""
+  return {key_path_str(p): zlib.crc32(_host_bytes(x))
+          for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
-  """Saves ``state`` (a pytree of ``jax.Array``) as ``step`` (asynchronously)."""
-  mngr.save(step, args=ocp.args.StandardSave(state), force=True)
+  """Saves ``state`` (a pytree of ``jax.Array``) as ``step`` (asynchronously), with the
+  CRC32 of each array in the step's metadata (see :func:`checksums`)."""
+  mngr.save(step, args=ocp.args.StandardSave(state), force=True,
+            custom_metadata={_CRC_KEY: checksums(state)})
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
-  """Restores the newest checkpoint into the structure, dtypes and shardings of
+def recorded_checksums(step_dir: str | pathlib.Path) -> dict[str, int] | None:
+  """The ``{path: CRC32}`` that :func:`save` recorded for the checkpoint in ``step_dir``, or
+  ``None`` for a checkpoint written before checksums were recorded.
+
+  Raises:
+    OSError / ValueError: the step's metadata file is missing or not JSON.
+  """
+  meta = json.loads((pathlib.Path(step_dir) / _STEP_METADATA).read_text())
+  sums = (meta.get("custom_metadata") or {}).get(_CRC_KEY)
+  return None if sums is None else {k: int(v) for k, v in sums.items()}
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+  text = (str(e).strip().splitlines() or [""])[0]
+  return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+def _is_transient(e: BaseException) -> bool:
+  """Errors that say nothing about the files (out of memory): not a damaged checkpoint."""
+  return isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in str(e)
+
+
+def _verify(tree, sums: dict[str, int] | None) -> None:
+  """Raises :class:`_Damaged` when an array of ``tree`` differs from its recorded CRC32."""
+  if sums is None:
+    return  # written before checksums were recorded: restored unverified
+  got = checksums(tree)
+  bad = [p for p in got if p in sums and got[p] != sums[p]]
+  if bad:
+    more = f" (and {len(bad) - 1} more arrays)" if len(bad) > 1 else ""
+    raise _Damaged(f"{bad[0]} does not match the CRC32 recorded when it was saved "
+                   f"({got[bad[0]]:#010x} read, {sums[bad[0]]:#010x} saved){more}")
+
+
+def _restore_step(mngr: ocp.CheckpointManager, step: int, abstract_state):
+  """Restores and verifies checkpoint ``step``.
+
+  Raises:
+    ValueError: it does not fit ``abstract_state`` (not damage: another model).
+    _Damaged: its metadata or arrays cannot be read, or an array fails its CRC32.
+  """
+  step_dir = pathlib.Path(mngr.directory) / str(step)
+  try:
+    sums = recorded_checksums(step_dir)
+    saved = saved_shapes(step_dir)
+  except Exception as e:  # missing or truncated JSON files: orbax raises several types
+    if _is_transient(e):
+      raise
+    raise _Damaged(f"its metadata cannot be read ({_first_line(e)})") from e
+  problem = mismatch(saved, _flat_shapes(abstract_state))
+  if problem is not None:
+    raise ValueError(f"cannot resume from checkpoint {step_dir}: it does not fit the model "
+                     f"this config builds: {problem}")
+  try:
+    state = mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+  except Exception as e:  # TensorStore reports a truncated file as a bare Exception
+    if _is_transient(e):
+      raise
+    raise _Damaged(f"its arrays cannot be read ({_first_line(e)})") from e
+  _verify(state, sums)
+  return state
+
+
+def _move_damaged(step_dir: pathlib.Path) -> pathlib.Path:
+  """Moves ``<workdir>/checkpoints/<step>`` to ``<workdir>/checkpoints.damaged/<step>``
+  (``-2``, ``-3``... appended if taken); returns where. Nothing is deleted."""
+  dest_dir = step_dir.parent.with_name(DAMAGED_DIR)
+  dest_dir.mkdir(exist_ok=True)
+  dest, k = dest_dir / step_dir.name, 1
+  while dest.exists():
+    k += 1
+    dest = dest_dir / f"{step_dir.name}-{k}"
+  step_dir.rename(dest)
+  return dest
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state, move_damaged: bool = True):
+  """Restores the newest intact checkpoint into the structure, dtypes and shardings of
   ``abstract_state`` (a tree of ``jax.ShapeDtypeStruct`` with ``.sharding``, as from
   ``jax.eval_shape``). Returns ``None`` when there is no checkpoint.
 
   A checkpoint written on N devices restores onto whatever mesh ``abstract_state``
   names: orbax reads each array and lays it out by the target sharding.
 
+  A damaged checkpoint (metadata or array files missing or truncated, or an array whose
+  bytes differ from the CRC32 recorded at save) is skipped for the next older one, with
+  one printed line naming it; when an older one is intact, the damaged newer ones are
+  moved to ``<workdir>/checkpoints.damaged/`` (``move_damaged``; never deleted), so that
+  training can write those steps again. With ``move_damaged=False`` (read-only use, e.g.
+  re-scoring) nothing is moved. Checkpoints written before checksums were recorded are
+  restored unverified.
+
   Raises:
     ValueError: the checkpoint's arrays do not fit ``abstract_state`` (a changed model):
       names the step directory, the first mismatched path (``params/Dense_0/kernel``) and
       both shapes. Orbax's own message names neither path nor step.
+    DamagedCheckpointError: every checkpoint is damaged; names the checkpoints directory
+      and each problem, and moves nothing (a rerun must not start over on top of them).
   """
-  step = mngr.latest_step()
-  if step is None:
+  directory = pathlib.Path(mngr.directory)
+  damaged = {}
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      state = _restore_step(mngr, step, abstract_state)
+    except _Damaged as e:
+      damaged[directory / str(step)] = str(e)
+      continue
+    _set_aside(mngr, damaged, step, move_damaged)
+    return state
+  if not damaged:
     return None
-  try:
-    return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
-  except ValueError as e:
-    step_dir = pathlib.Path(mngr.directory) / str(step)
-    problem = mismatch(saved_shapes(step_dir), _flat_shapes(abstract_state))
-    if problem is None:
-      raise  # not a shape or structure mismatch: orbax's message is all there is
-    raise ValueError(f"cannot resume from checkpoint {step_dir}: it does not fit the model "
-                     f"this config builds: {problem}") from e
+  problems = "; ".join(f"{d}: {why}" for d, why in damaged.items())
+  raise DamagedCheckpointError(
+      f"no intact checkpoint in {directory}: {problems}. Nothing was moved or overwritten; "
+      f"to start over, train with restart = True (moves the run, these checkpoints included, "
+      f"to <workdir>/previous-<time>/) or in a new workdir", directory, damaged)
+
+
+def _set_aside(mngr: ocp.CheckpointManager, damaged: dict, good_step: int,
+               move: bool) -> None:
+  """Prints one line per damaged step (newer than ``good_step``, which was restored) and,
+  if ``move``, moves them aside (process 0, the others wait) and reloads ``mngr``."""
+  if not damaged:
+    return
+  main = jax.process_index() == 0
+  for step_dir, why in damaged.items():
+    where = "left in place"
+    if move:
+      dest = _move_damaged(step_dir) if main else step_dir.parent.with_name(DAMAGED_DIR)
+      where = f"moved to {dest}"
+    if main:
+      print(f"cnn_jax: checkpoint {step_dir} is damaged ({why}); {where}; falling back to "
+            f"step {good_step}", flush=True)
+  if move:
+    if jax.process_count() > 1:  # no process may reload before the move is done
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices("cnn_jax.checkpoint damaged")
+    mngr.reload()
 
 
 def abstract_like(tree, sharding):
@@ -142,6 +307,8 @@ def restore_variables(workdir: str | pathlib.Path, fresh: dict,
     FileNotFoundError: no complete checkpoint in ``<workdir>/checkpoints``.
     ValueError: the checkpoint's arrays in these collections do not match ``fresh`` (another
       architecture): names the first mismatched path and both shapes.
+    DamagedCheckpointError: that checkpoint's files cannot be read, or an array read differs
+      from the CRC32 recorded at save (names the step directory and the array).
   """
   found = saved_steps(workdir)
   directory = pathlib.Path(workdir).absolute() / "checkpoints"
@@ -157,8 +324,18 @@ def restore_variables(workdir: str | pathlib.Path, fresh: dict,
   flat = {key_path_str((c, *path)): ((c, *(k.key for k in path)), v) for c in fresh
           for path, v in jax.tree_util.tree_flatten_with_path(fresh[c])[0]}
   wanted = {p: tuple(v.shape) for p, (_, v) in flat.items() if not skipped(p)}
-  saved = {p: s for p, s in saved_shapes(step_dir).items()
-           if p.split("/")[0] in fresh and not skipped(p)}
+
+  def damaged(why: str) -> DamagedCheckpointError:
+    return DamagedCheckpointError(f"cannot initialise from checkpoint {step_dir}: it is "
+                                  f"damaged ({why})", directory, {step_dir: why})
+
+  try:
+    sums, saved = recorded_checksums(step_dir), saved_shapes(step_dir)
+  except Exception as e:  # missing or truncated JSON files: orbax raises several types
+    if _is_transient(e):
+      raise
+    raise damaged(f"its metadata cannot be read ({_first_line(e)})") from e
+  saved = {p: s for p, s in saved.items() if p.split("/")[0] in fresh and not skipped(p)}
   problem = mismatch(saved, wanted)
   if problem is not None:
     raise ValueError(f"cannot initialise from checkpoint {step_dir}: it does not fit the "
@@ -169,11 +346,20 @@ def restore_variables(workdir: str | pathlib.Path, fresh: dict,
   got = {}
   if item:
     # A partial restore: only these leaves are read, whatever else the checkpoint holds.
-    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
-      restored = ckptr.restore(step_dir / _ITEM, args=ocp.args.PyTreeRestore(
-          item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-          partial_restore=True))
+    try:
+      with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+        restored = ckptr.restore(step_dir / _ITEM, args=ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True))
+    except Exception as e:  # TensorStore reports a truncated file as a bare Exception
+      if _is_transient(e):
+        raise
+      raise damaged(f"its arrays cannot be read ({_first_line(e)})") from e
     got = flax.traverse_util.flatten_dict(restored)
+    try:
+      _verify({"/".join(k): v for k, v in got.items()}, sums)
+    except _Damaged as e:
+      raise damaged(str(e)) from e
   out = {k: got.get(k, v) for p, (k, v) in flat.items()}
   return ({c: fresh[c] for c in fresh} | flax.traverse_util.unflatten_dict(out), found[-1],
           step_dir)

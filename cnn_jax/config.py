@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
+import numbers
 import os
 import pathlib
 
@@ -67,6 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
   # BatchNorm statistics (not its optimizer state or step); '' = random initialisation.
   # Ignored when this workdir holds a checkpoint (the run resumes from that).
   c.init_from = ""
+  c.transfer = _transfer_defaults()
   return c
 
 
@@ -85,6 +87,13 @@ def _data_defaults() -> ml_collections.ConfigDict:
   # 'random': a coin per image and step (He et al. 2015); 'alternating': each image mirrored
   # every other epoch (Jordan 2024, arXiv:2404.00498, Sec. 3.6). Only used when flip is True.
   d.flip_mode = "random"
+  # An image folder's files that do not decode (truncated or corrupt JPEGs, stray non-image
+  # files): False stops the load naming the first; True skips them, counted and named in
+  # the run's start record (data_report).
+  d.skip_corrupt = False
+  # Images of another size than the dataset's: False stops the load naming the file and
+  # both sizes; True resizes them (bilinear), counted in the start record.
+  d.resize = False
   return d
 
 
@@ -107,6 +116,22 @@ def _optim_defaults() -> ml_collections.ConfigDict:
   return o
 
 
+def _transfer_defaults() -> ml_collections.ConfigDict:
+  """The ``transfer`` section of :func:`base_config`: what a run initialised from
+  ``init_from`` trains and re-initialises (cnn_jax/transfer.py). Only with ``init_from``."""
+  t = ml_collections.ConfigDict()
+  # 'finetune': every parameter trains; 'linear_probe': only the head trains, the rest is
+  # frozen and runs in inference mode (BatchNorm running averages); 'progressive': the head,
+  # then one more top-level parameter group every unfreeze_every_epochs, top down.
+  t.mode = "finetune"
+  # Path prefixes under params re-initialised instead of restored, e.g. ('Dense_0',)
+  # (resnet20, cifar10_cnn), ('head',) (ViT, Mixer, ConvNeXt V2). () = the classifier, found
+  # by forward order, re-initialised only when num_classes changed its shape.
+  t.head = ()
+  t.unfreeze_every_epochs = 1.0  # progressive: epochs between two unfreezings
+  return t
+
+
 _CHOICES = {
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("cosine", "piecewise", "constant"),
@@ -115,9 +140,11 @@ _CHOICES = {
     "dtype": ("float32", "bfloat16"),
     "batchnorm_stats": ("global", "per_device"),
     "materialize_conv_inputs": ("auto", "on", "off"),
+    "transfer.mode": ("finetune", "linear_probe", "progressive"),
 }
 _POSITIVE = ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
-             "eval_every_epochs", "keep_checkpoints", "optim.lr")
+             "eval_every_epochs", "keep_checkpoints", "optim.lr",
+             "transfer.unfreeze_every_epochs")
 _NON_NEGATIVE = ("optim.weight_decay", "optim.warmup_epochs", "optim.min_lr",
                  "optim.grad_clip_norm", "data.crop_pad", "data.num_train", "data.num_test",
                  "checkpoint_every_steps", "label_smoothing", "optim.momentum")
@@ -184,15 +211,45 @@ def check_overrides(argv: list[str], flag: str = "config") -> None:
                        f"Valid keys: {', '.join(valid)}")
 
 
+def _check_type(key: str, value, default) -> None:
+  """Raises TypeError when ``value`` (of config key ``key``) is not of ``default``'s type.
+
+  ml_collections refuses such an assignment to a field of :func:`base_config`, but not
+  ``None``, nor any value in a config built from a plain dict.
+  """
+  if default is None:
+    return
+  if isinstance(default, bool):
+    ok, want = isinstance(value, bool), "a bool"
+  elif isinstance(default, int):
+    ok, want = isinstance(value, numbers.Integral) and not isinstance(value, bool), "an int"
+  elif isinstance(default, float):
+    ok, want = isinstance(value, numbers.Real) and not isinstance(value, bool), "a float"
+  elif isinstance(default, str):
+    ok, want = isinstance(value, str), "a str"
+  elif isinstance(default, (tuple, list)):
+    ok, want = isinstance(value, (tuple, list)), "a tuple"
+  elif isinstance(default, ml_collections.ConfigDict):
+    ok, want = isinstance(value, (ml_collections.ConfigDict, dict)), "a ConfigDict"
+  else:
+    return
+  if not ok:
+    raise TypeError(f"config key {key} = {value!r} ({type(value).__name__}); expected {want} "
+                    f"(default {default!r})")
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks a training config; returns it unchanged.
 
   Raises:
     KeyError: a key of :func:`base_config` is missing, or an unknown key is present
       (names it and the nearest valid keys).
+    TypeError: a value not of its default's type (an int where a float is expected is fine;
+      names key, value, its type and the expected one).
     ValueError: a value out of range or not among the choices (names key, value, expected).
   """
-  valid = _flat_keys(base_config())
+  defaults = base_config()
+  valid = _flat_keys(defaults)
   have = _flat_keys(config)
   for k in have:
     if k not in valid and not k.startswith("model.kwargs."):
@@ -202,6 +259,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if k not in have:
       raise KeyError(f"config is missing key {k!r} (start configs from "
                      f"cnn_jax.config.base_config())")
+  for k in valid:
+    _check_type(k, _get(config, k), _get(defaults, k))
   for k, choices in _CHOICES.items():
     if _get(config, k) not in choices:
       raise ValueError(f"config key {k} = {_get(config, k)!r}; expected one of {choices}")
@@ -220,7 +279,33 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   b = tuple(config.optim.boundaries_epochs)
   if list(b) != sorted(b):
     raise ValueError(f"config key optim.boundaries_epochs = {b}; expected increasing values")
+  _validate_transfer(config)
   return config
+
+
+def _validate_transfer(config: ml_collections.ConfigDict) -> None:
+  """Checks section ``transfer`` (after :func:`validate`'s choice and range checks): the head
+  is a tuple of path prefixes under ``params``, and a non-default mode or head comes with
+  the ``init_from`` it acts on.
+
+  Raises:
+    ValueError: names the key(s), the value and what was expected.
+  """
+  head = config.transfer.head
+  if not (isinstance(head, (tuple, list)) and all(
+      isinstance(h, str) and h and not h.startswith(("params/", "batch_stats/", "/"))
+      and not h.endswith("/") for h in head)):
+    raise ValueError(f"config key transfer.head = {head!r}; expected a tuple of parameter "
+                     f"path prefixes under params, e.g. ('Dense_0',), or () for the "
+                     f"classifier found automatically")
+  if config.init_from:
+    return
+  for key, value, default in (("transfer.mode", config.transfer.mode, "finetune"),
+                              ("transfer.head", tuple(head), ())):
+    if value != default:
+      raise ValueError(f"config key {key} = {value!r} acts only on a run initialised from "
+                       f"another run's checkpoint, but config key init_from = ''; set "
+                       f"init_from to that run's workdir, or {key} to {default!r}")
 
 
 # Keys that change how a run is watched, evaluated, stored or scheduled on the hardware, not

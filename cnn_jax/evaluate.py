@@ -87,7 +87,8 @@ def restore_run(workdir: str | pathlib.Path, *, data_dir: str | None = None,
   run = build_run(config, ds, repl)
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
   try:
-    state = checkpoint.restore_latest(mngr, run.abstract_state)
+    # Read-only: a damaged newest checkpoint is skipped (one line), not moved.
+    state = checkpoint.restore_latest(mngr, run.abstract_state, move_damaged=False)
   finally:
     mngr.close()
   if state is None:

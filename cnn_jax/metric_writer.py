@@ -4,14 +4,18 @@
 reads. ``tensorboard/`` holds the numeric fields of the same records as TensorBoard scalars
 (clu's ``SummaryWriter``, as the Flax examples), for ``tensorboard --logdir <workdir>``.
 Only process 0 writes. Each record is flushed when written, so ``tail -f metrics.jsonl``
-follows a run and a killed run keeps every record it logged.
+follows a run and a killed run keeps every record it logged. A run resumed from an older
+step than it had logged first moves the records it will log again to
+``metrics.discarded.jsonl`` (:func:`rewind`), so that each step has one record.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
+import tempfile
 
 import jax
 
@@ -89,3 +93,80 @@ def read_jsonl(path: str | pathlib.Path) -> list[dict]:
   """Reads every record of a metrics file."""
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+DISCARDED = "metrics.discarded.jsonl"
+
+
+def _is_after(record: dict, step: int, redo_eval: bool) -> bool:
+  """Whether a train or eval record is one a run resumed at ``step`` logs again."""
+  s = record.get("step")
+  if not isinstance(s, (int, float)) or isinstance(s, bool):
+    return False
+  return s > step or (redo_eval and s == step and "test_loss" in record)
+
+
+def rewind(workdir: str | pathlib.Path, step: int, *, redo_eval: bool = False,
+           filename: str = "metrics.jsonl") -> int:
+  """Prepares ``<workdir>/<filename>`` for a run that (re)starts at ``step``.
+
+  A run killed after its newest checkpoint logged train and eval records past it; the
+  resumed run logs those steps again. Before it does, every train or eval record (no
+  ``event`` key) whose ``step`` is greater than ``step`` (and, with ``redo_eval``, each
+  eval record at ``step`` itself: the final evaluation, which a resume at the last step
+  repeats) is moved to ``<workdir>/metrics.discarded.jsonl``, appended there with
+  ``discarded_when_resuming_at: step``. A line that is not JSON (the last line of a run
+  killed mid-write) is moved there too, as ``{"unparsable_line": text, ...}``. Event
+  records (``start``) stay, those with a later ``step`` marked ``rolled_back_to_step``.
+
+  The side file is written (and synced) first, then the metrics file is replaced
+  atomically (a temporary file and ``os.replace``): a kill in between leaves a record in
+  both files, never in neither. Call on process 0 only, before the run writes.
+
+  Returns:
+    How many lines were moved (0 when the file is missing or has nothing past ``step``).
+  """
+  path = pathlib.Path(workdir) / filename
+  if not path.is_file():
+    return 0
+  kept, moved, changed = [], [], False
+  for line in path.read_text().splitlines():
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      moved.append({"unparsable_line": line})
+      continue
+    if not isinstance(record, dict):
+      kept.append(line)
+    elif "event" in record:
+      s = record.get("step")
+      if isinstance(s, (int, float)) and s > step and "rolled_back_to_step" not in record:
+        record["rolled_back_to_step"] = step
+        line, changed = json.dumps(record), True
+      kept.append(line)
+    elif _is_after(record, step, redo_eval):
+      moved.append(record)
+    else:
+      kept.append(line)
+  if not moved and not changed:
+    return 0
+  if moved:
+    with (path.parent / DISCARDED).open("a") as f:
+      for record in moved:
+        f.write(json.dumps({**record, "discarded_when_resuming_at": step}) + "\n")
+      f.flush()
+      os.fsync(f.fileno())
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{filename}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write("".join(line + "\n" for line in kept))
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return len(moved)

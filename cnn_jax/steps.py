@@ -127,7 +127,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, num_c
                     flip: bool = True, label_smoothing: float = 0.0,
                     dtype=jnp.float32, bn_groups: int = 1,
                     group_sharding=None, ema_decay: float = 0.0,
-                    materialize_conv_inputs: bool = False) -> Callable:
+                    materialize_conv_inputs: bool = False, train_mode: bool = True,
+                    keep_stats: Callable | None = None) -> Callable:
   """Returns ``train_step(state, images, labels) -> (state, metrics)``.
 
   ``bn_groups > 1`` is ghost batch norm (Hoffer et al. 2017): the batch is split into
@@ -149,6 +150,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, num_c
   ``materialize_conv_inputs`` stores every ``nn.Conv`` input instead of letting XLA recompute
   it in the backward pass (:func:`cnn_jax.xla_cpu.materialized_conv_inputs`): the same
   results, a faster step on CPU.
+
+  Transfer learning (:mod:`cnn_jax.transfer`): ``train_mode=False`` applies the model with
+  ``train=False`` (BatchNorm with its running averages, which are not updated; no dropout),
+  for a linear probe of a frozen backbone. ``keep_stats(step, old, new)`` returns the
+  BatchNorm statistics to keep after the step from the state's and the step's (``step`` the
+  int32 step being taken), for progressive unfreezing's still-frozen stages.
   """
   base_key = jax.random.key(seed)
 
@@ -165,6 +172,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, num_c
         variables["batch_stats"] = state.batch_stats
       with (xla_cpu.materialized_conv_inputs(state.step >= 0) if materialize_conv_inputs
             else contextlib.nullcontext()):
+        if not train_mode:
+          return model.apply(variables, x, train=False), {}
         return model.apply(variables, x, train=True, mutable=["batch_stats"],
                            rngs={"dropout": k_drop})
 
@@ -185,8 +194,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, num_c
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, param_updates)
+    batch_stats = updates.get("batch_stats", state.batch_stats)
+    if keep_stats is not None:
+      batch_stats = keep_stats(state.step, state.batch_stats, batch_stats)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              batch_stats=updates.get("batch_stats", state.batch_stats))
+                              batch_stats=batch_stats)
     if ema_decay:
       new = {"params": new_state.params, "batch_stats": new_state.batch_stats}
       new_state = new_state.replace(

@@ -18,8 +18,14 @@ weights is refused (:func:`cnn_jax.config.check_resume`).
 Faults: the first SIGTERM or SIGINT stops training after the current step with a checkpoint
 of that step (:class:`Preempted`; the command line exits with 128 + the signal number); a
 NaN or Inf train loss stops it without saving the bad state (:class:`NonFiniteError`).
+A SIGKILL (or power loss) at any moment loses only the steps after the newest checkpoint:
+orbax renames a save's directory only once it is complete, a checkpoint damaged later is
+found by its checksums and the previous one resumed, and the records the rerun logs again
+are moved to ``metrics.discarded.jsonl`` so that each step keeps one record.
 ``config.restart`` starts over in a used workdir (the old run is moved aside, never
-deleted), ``config.init_from`` starts from another run's weights.
+deleted), ``config.init_from`` starts from another run's weights, with config section
+``transfer`` choosing fine-tuning, a linear probe or progressive unfreezing and the head to
+re-initialise (:mod:`cnn_jax.transfer`).
 """
 
 from __future__ import annotations
@@ -40,10 +46,12 @@ import numpy as np
 import optax
 import tqdm
 
-from cnn_jax import checkpoint, data, models, optim, parallel, provenance, steps, xla_cpu
+from cnn_jax import (checkpoint, data, models, optim, parallel, provenance, steps, transfer,
+                     xla_cpu)
 from cnn_jax.config import check_resume, from_json, validate
 from cnn_jax.data import augment
-from cnn_jax.metric_writer import JsonlWriter, MultiWriter, TensorBoardWriter
+from cnn_jax.metric_writer import JsonlWriter, MultiWriter, TensorBoardWriter, rewind
+from cnn_jax.models import geometry
 
 
 class Preempted(Exception):
@@ -179,6 +187,8 @@ class RunSetup(NamedTuple):
   abstract_state: steps.TrainState  # its jax.ShapeDtypeStruct tree, carrying the sharding
   # num_classes, mean, std, dtype: what steps.make_train_step and make_eval_step share
   step_kwargs: dict
+  # What a run with init_from freezes and re-initialises (config section transfer), else None
+  transfer_plan: transfer.Plan | None = None
 
 
 def build_run(config: ml_collections.ConfigDict, ds: data.Dataset, sharding) -> RunSetup:
@@ -187,11 +197,16 @@ def build_run(config: ml_collections.ConfigDict, ds: data.Dataset, sharding) -> 
   Training and :mod:`cnn_jax.evaluate` both build them here, so that a checkpoint is
   restored into the very tree it was saved from. ``ds`` gives the input shape ``(H, W, C)``,
   the class count and the number of training examples; ``sharding`` is the state's
-  (replicated).
+  (replicated). With ``config.init_from`` the optimizer freezes what config section
+  ``transfer`` says (:func:`cnn_jax.transfer.wrap_optimizer`).
 
   Raises:
     KeyError: unknown model name. TypeError: a ``model.kwargs`` key the model lacks.
-    ValueError: ``batch_size`` exceeds the number of training examples.
+    ValueError: ``batch_size`` exceeds the number of training examples; a
+      ``transfer.head`` that names no parameter, or no head for a linear_probe /
+      progressive run (:func:`cnn_jax.transfer.make_plan`).
+    cnn_jax.models.geometry.GeometryError: a layer whose kernel, stride, dilation or
+      channels do not fit the dataset's image size (names the layer and the values).
   """
   n_train = len(ds.train_labels)
   steps_per_epoch = n_train // config.batch_size
@@ -201,12 +216,19 @@ def build_run(config: ml_collections.ConfigDict, ds: data.Dataset, sharding) -> 
   model = models.create(config.model.name, num_classes=ds.num_classes,
                         dtype=jnp.dtype(config.dtype), **config.model.kwargs.to_dict())
   tx, schedule = optim.create_optimizer(config.optim, steps_per_epoch, config.num_epochs)
-  init = lambda key: steps.init_state(model, tx, key, ds.train_images.shape[1:],
-                                      ema=config.ema_decay > 0)
-  abstract = checkpoint.abstract_like(jax.eval_shape(init, jax.random.key(config.seed)), sharding)
+  plan = None
+  with geometry.checked():  # the model's first trace: a layer that does not fit fails here
+    if config.init_from:  # also when resuming: the optimizer state's tree depends on the mode
+      plan = transfer.make_plan(config.transfer, model, ds.train_images.shape[1:],
+                                ds.num_classes, steps_per_epoch)
+      tx = transfer.wrap_optimizer(tx, plan)
+    init = lambda key: steps.init_state(model, tx, key, ds.train_images.shape[1:],
+                                        ema=config.ema_decay > 0)
+    shapes = jax.eval_shape(init, jax.random.key(config.seed))
+  abstract = checkpoint.abstract_like(shapes, sharding)
   step_kwargs = dict(num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
                      dtype=jnp.dtype(config.dtype))
-  return RunSetup(model, tx, schedule, steps_per_epoch, init, abstract, step_kwargs)
+  return RunSetup(model, tx, schedule, steps_per_epoch, init, abstract, step_kwargs, plan)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -233,6 +255,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       ``init_from``'s) that does not fit the model (names the first mismatched array path
       and both shapes).
     FileNotFoundError: ``config.init_from`` holds no checkpoint.
+    cnn_jax.checkpoint.DamagedCheckpointError: every checkpoint in ``workdir`` is damaged
+      (a damaged newest one alone is set aside and the previous one resumed, with a line).
+    cnn_jax.models.geometry.GeometryError: a layer's window or channels do not fit the
+      input (names the layer and the output-size formula's values).
     cnn_jax.data.DataError: missing data folder, no images, unreadable image.
     Preempted: SIGTERM or SIGINT during training; a checkpoint of the step reached is saved.
     NonFiniteError: a NaN or Inf train loss (or parameters before a save); no checkpoint
@@ -244,7 +270,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   run = build_run(config, ds, repl)
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
-  state, origin = _initial_state(config, run, mngr, repl, moved)
+  try:
+    state, origin = _initial_state(config, run, mngr, repl, moved)
+  except BaseException:  # e.g. every checkpoint damaged: release orbax's threads first
+    mngr.close()
+    raise
   start_step = int(parallel.to_host(state.step))
   materialize = (config.materialize_conv_inputs == "on"
                  or (config.materialize_conv_inputs == "auto" and jax.default_backend() == "cpu"))
@@ -312,7 +342,8 @@ def _open_workdir(config, workdir) -> tuple[pathlib.Path, dict, pathlib.Path | N
 
 
 # What a run writes to its workdir, and what config key restart moves aside.
-RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "tensorboard")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "tensorboard",
+             checkpoint.DAMAGED_DIR, "metrics.discarded.jsonl")
 
 
 def move_aside(workdir: pathlib.Path) -> pathlib.Path | None:
@@ -353,12 +384,25 @@ def _init_from(source: str, run: RunSetup, state, repl):
   checkpoint in workdir ``source``; the optimizer state is initialised for them and an EMA
   starts at them. Returns ``(state, source step, source checkpoint directory)``.
 
+  The head that config section ``transfer`` re-initialises
+  (:func:`cnn_jax.transfer.reinit_leaves`) keeps its fresh values; one line names its
+  paths with their shapes in the checkpoint and in the model.
+
   Raises:
-    ValueError: that checkpoint does not fit the model (first mismatched path, both shapes).
+    ValueError: outside that head, the checkpoint does not fit the model (first mismatched
+      path, both shapes).
   """
-  # restore_variables takes a skip list of paths (e.g. a new head) for transfer learning.
+  fresh = {"params": state.params, "batch_stats": state.batch_stats}
+  reinit, found = [], checkpoint.saved_steps(source)
+  if run.transfer_plan is not None and found:  # (none found: restore_variables raises)
+    try:
+      saved = checkpoint.saved_shapes(pathlib.Path(source).absolute() / "checkpoints"
+                                      / str(found[-1]))
+    except Exception:  # pylint: disable=broad-except
+      saved = {}  # unreadable metadata: restore_variables refuses the checkpoint by name
+    reinit = transfer.reinit_leaves(run.transfer_plan, saved, fresh)
   variables, step, step_dir = checkpoint.restore_variables(
-      source, {"params": state.params, "batch_stats": state.batch_stats})
+      source, fresh, skip=[path for path, _, _ in reinit])
 
   def place(state, variables):
     new = state.replace(params=variables["params"], batch_stats=variables["batch_stats"],
@@ -371,6 +415,12 @@ def _init_from(source: str, run: RunSetup, state, repl):
   if jax.process_index() == 0:
     print(f"cnn_jax: init_from: parameters and BatchNorm statistics of {step_dir} "
           f"(step {step})", flush=True)
+    if reinit:
+      why = ("named by config key transfer.head" if run.transfer_plan.head_explicit else
+             "the classifier, whose class count changed")
+      shapes = ", ".join(f"{path} {'absent' if old is None else old} in the checkpoint -> "
+                         f"{new}" for path, old, new in reinit)
+      print(f"cnn_jax: init_from: re-initialised, not restored ({why}): {shapes}", flush=True)
   return state, step, step_dir
 
 
@@ -386,14 +436,24 @@ def _load_data(config):
 
 
 def _start_logs(config, workdir, ds, mesh, run, state, start_step, materialize, prov):
-  """Opens the metric writers, writes ``config.json``, prints the one-line banner and logs
-  the ``start`` record (run facts, and ``prov``: provenance, plus ``previous_run``,
-  ``init_from`` and ``init_from_step`` when those options acted). Returns the writer."""
+  """Opens the metric writers, writes ``config.json``, moves the records of steps this run
+  logs again aside (:func:`cnn_jax.metric_writer.rewind`), prints the one-line banner and
+  logs the ``start`` record (run facts, ``discarded_records``, the data's ``data_report``,
+  and ``prov``: provenance, plus ``previous_run``, ``init_from`` and ``init_from_step`` when
+  those options acted). Returns the writer."""
   is_main = jax.process_index() == 0
   extra = [TensorBoardWriter(workdir / "tensorboard")] if config.tensorboard else []
   writer = MultiWriter(JsonlWriter(workdir), *extra)
   if is_main:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+  # A run killed after its newest checkpoint logged steps it now trains again: their records
+  # move to metrics.discarded.jsonl (a resume at the last step redoes the final evaluation).
+  total_steps = run.steps_per_epoch * config.num_epochs
+  discarded = rewind(workdir, start_step, redo_eval=start_step == total_steps) if is_main else 0
+  if discarded:
+    print(f"cnn_jax: moved {discarded} metrics records past step {start_step} (logged before "
+          f"the run stopped; logged again now) to {workdir / 'metrics.discarded.jsonl'}",
+          flush=True)
   n_params = models.count_params(state.params, None)
   if is_main:
     print(f"cnn_jax: {config.model.name} ({n_params:,} params) on {config.data.name} "
@@ -405,14 +465,20 @@ def _start_logs(config, workdir, ds, mesh, run, state, start_step, materialize, 
   writer.write({"event": "start", "step": start_step, "model": config.model.name,
                 "num_params": n_params, "data_source": ds.source, "devices": mesh.devices.size,
                 "platform": jax.devices()[0].platform, "process_count": jax.process_count(),
-                "materialize_conv_inputs": materialize, **prov})
+                "materialize_conv_inputs": materialize, "discarded_records": discarded,
+                "data_report": ds.report, **prov})
   return writer
 
 
 def _compile_steps(config, run, mesh, repl, batch_sh, materialize):
-  """The jitted train step (state donated) and eval steps (the EMA's too, or ``None``)."""
+  """The jitted train step (state donated) and eval steps (the EMA's too, or ``None``).
+  A transfer run's step freezes what its plan says; one line says what trains when."""
   ghost = config.batchnorm_stats == "per_device"
   random_flip = config.data.flip and config.data.flip_mode == "random"
+  plan = run.transfer_plan
+  if plan is not None and jax.process_index() == 0:
+    print("cnn_jax: " + plan.describe(run.steps_per_epoch,
+                                      run.steps_per_epoch * config.num_epochs), flush=True)
   train_step = jax.jit(
       steps.make_train_step(run.model, run.tx, seed=config.seed, crop_pad=config.data.crop_pad,
                             pad_mode=config.data.pad_mode, flip=random_flip,
@@ -420,7 +486,8 @@ def _compile_steps(config, run, mesh, repl, batch_sh, materialize):
                             bn_groups=mesh.devices.size if ghost else 1,
                             group_sharding=batch_sh if ghost else None,
                             ema_decay=config.ema_decay,
-                            materialize_conv_inputs=materialize, **run.step_kwargs),
+                            materialize_conv_inputs=materialize, **run.step_kwargs,
+                            **(plan.step_kwargs() if plan is not None else {})),
       donate_argnums=0, out_shardings=(repl, repl))
   eval_step = jax.jit(steps.make_eval_step(run.model, **run.step_kwargs), out_shardings=repl)
   ema_eval_step = (jax.jit(steps.make_eval_step(run.model, **run.step_kwargs, ema=True),

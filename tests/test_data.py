@@ -39,12 +39,12 @@ def test_folder_matches_pillow_and_caches(cifar10_dir, tmp_path):
   cached = list(cache.glob("*.npz"))
   assert len(cached) == 1
   # Second load reads the cache (poison the decoder to prove it is not called).
-  orig = image_folder.decode_images
-  image_folder.decode_images = None
+  orig = image_folder.decode_folder
+  image_folder.decode_folder = None
   try:
     x2, y2 = image_folder.load_split(root, "train", classes, cache)
   finally:
-    image_folder.decode_images = orig
+    image_folder.decode_folder = orig
   np.testing.assert_array_equal(x, x2)
   # A changed folder misses the cache instead of returning stale data.
   (root / "train" / "cat" / sorted((root / "train" / "cat").iterdir())[0].name).unlink()

@@ -1,9 +1,14 @@
-"""Reliability (issue #22, items 2, 4 and 5): a signal stops training with a checkpoint that
-resumes bit for bit, a NaN/Inf loss stops it without saving the bad state, gradient
-clipping bounds the update, and a used workdir can be restarted or a run initialised from
-another's weights, with a checkpoint that does not fit the model named by path and shapes.
+"""Reliability (issue #22): a SIGKILL anywhere loses only the steps after the newest
+checkpoint, and the rerun ends bit for bit as an uninterrupted run with one metrics record
+per step (item 1); a signal stops training with a checkpoint that resumes bit for bit
+(item 2); a save killed midway is no checkpoint and a damaged one is set aside for the
+previous one (item 3); a NaN/Inf loss stops it without saving the bad state, gradient
+clipping bounds the update (item 4); a used workdir can be restarted or a run initialised
+from another's weights, with a checkpoint that does not fit the model named by path and
+shapes (item 5).
 
-The runs train ``cifar10_cnn`` on 96 real CIFAR-10 images at batch 32 (3 steps per epoch).
+The in-process runs train ``cifar10_cnn`` on 96 real CIFAR-10 images at batch 32 (3 steps
+per epoch); the SIGKILL test runs the command line on a 170-image copy.
 """
 
 import json
@@ -25,7 +30,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from cnn_jax import checkpoint, models, optim, steps, train
+from cnn_jax import checkpoint, metric_writer, models, optim, steps, train
 from cnn_jax import data as cnn_data
 from cnn_jax.config import base_config
 from cnn_jax.metric_writer import read_jsonl
@@ -399,3 +404,357 @@ def test_restore_variables_skip_keeps_the_fresh_leaves(reference):
   del got["params"]["Dense_0"], ref["params"]["Dense_0"]
   jax.tree.map(np.testing.assert_array_equal, {c: got[c] for c in ("params", "batch_stats")},
                {c: ref[c] for c in ("params", "batch_stats")})
+
+
+# --- Item 1: kill anywhere, resume exactly; no duplicate metrics records -------------------
+
+
+def test_rewind_moves_records_past_the_step_aside_and_marks_later_starts(tmp_path):
+  """metric_writer.rewind: train/eval records after the resumed step (and a line torn by a
+  kill) move to metrics.discarded.jsonl, annotated; start records stay, a later one marked."""
+  recs = [{"event": "start", "step": 0}, {"step": 2, "train_loss": 1.0},
+          {"step": 3, "test_loss": 2.0}, {"step": 4, "train_loss": 0.5},
+          {"event": "start", "step": 4}, {"step": 6, "train_loss": 0.4},
+          {"step": 6, "test_loss": 1.5}]
+  path = tmp_path / "metrics.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"step": 7, "tra')
+  assert metric_writer.rewind(tmp_path, 3) == 4
+  assert read_jsonl(path) == recs[:3] + [{**recs[4], "rolled_back_to_step": 3}]
+  assert read_jsonl(tmp_path / "metrics.discarded.jsonl") == [
+      {**r, "discarded_when_resuming_at": 3} for r in (recs[3], recs[5], recs[6])] + [
+          {"unparsable_line": '{"step": 7, "tra', "discarded_when_resuming_at": 3}]
+  assert not list(tmp_path.glob(".metrics.jsonl.*"))  # the temporary file was renamed
+  before = path.read_bytes()
+  assert metric_writer.rewind(tmp_path, 3) == 0 and path.read_bytes() == before
+  # A resume at the last step repeats the final evaluation: its old record moves aside.
+  assert metric_writer.rewind(tmp_path, 3, redo_eval=True) == 1
+  assert [r["step"] for r in read_jsonl(path) if "test_loss" in r] == []
+  assert metric_writer.rewind(tmp_path / "nothing", 3) == 0
+
+
+def _small_cifar(src: pathlib.Path, dst: pathlib.Path, n_train: int, n_test: int):
+  """A 10-class CIFAR-10 folder of ``n_train`` / ``n_test`` real images per class: the
+  subprocesses below decode it in milliseconds instead of reading the full cache."""
+  for split, n in (("train", n_train), ("test", n_test)):
+    for c in sorted(p.name for p in (src / split).iterdir()):
+      (dst / split / c).mkdir(parents=True)
+      for f in sorted((src / split / c).iterdir())[:n]:
+        shutil.copy(f, dst / split / c / f.name)
+  return dst
+
+
+_TINY_CONFIG = '''
+from cnn_jax.config import base_config
+
+def get_config():
+  c = base_config()
+  c.model.name = "cifar10_cnn"
+  c.model.kwargs.widths = (8, 16, 16)
+  c.data.dir, c.data.cache_dir = {data!r}, {cache!r}
+  c.batch_size, c.eval_batch_size, c.num_epochs = 20, 70, 10  # 5 steps/epoch, 50 steps
+  c.optim.warmup_epochs = 0.0
+  c.log_every_steps, c.checkpoint_every_steps, c.eval_every_epochs = 1, 4, 1
+  c.progress_bar, c.tensorboard = False, False
+  return c
+'''
+
+
+def _records(workdir) -> list[dict]:
+  """The complete lines of a metrics.jsonl another process is writing."""
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  out = []
+  for line in (path.read_text().splitlines() if path.is_file() else []):
+    try:
+      out.append(json.loads(line))
+    except json.JSONDecodeError:
+      pass  # being written
+  return out
+
+
+def _run_cli(config_path, workdir, log, kill_when=None, timeout=300) -> int:
+  """Runs the training command line; with ``kill_when(workdir) -> bool``, SIGKILLs it as
+  soon as that holds (polled every 10 ms). Returns the exit status (-9 when killed)."""
+  with open(log, "a") as out:
+    proc = subprocess.Popen([sys.executable, "-m", "cnn_jax.train", "--config",
+                             str(config_path), "--workdir", str(workdir)], cwd=REPO,
+                            stdout=out, stderr=subprocess.STDOUT)
+  try:
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+      if kill_when is not None and kill_when(workdir):
+        os.kill(proc.pid, signal.SIGKILL)
+        break
+      time.sleep(0.01)
+    return proc.wait(timeout=60)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+
+
+@pytest.mark.slow
+def test_sigkill_anywhere_then_rerun_ends_bit_identical_with_one_record_per_step(
+    cifar10_dir, tmp_path):
+  """The command line killed with SIGKILL (no handler runs) before its first checkpoint,
+  just after its first checkpoint, and mid-run after a resume, then rerun until done, ends
+  with parameters, BatchNorm statistics and optimizer state equal to an uninterrupted run's
+  bit for bit, and metrics.jsonl holds exactly one train record per step and one eval
+  record per evaluation (the records past each resumed checkpoint moved aside, counted)."""
+  data = _small_cifar(cifar10_dir, tmp_path / "data", 10, 7)  # 100 train, 70 test images
+  config = tmp_path / "tiny_config.py"
+  config.write_text(_TINY_CONFIG.format(data=str(data), cache=str(tmp_path / "cache")))
+  log = tmp_path / "log.txt"
+  ref, run = tmp_path / "ref", tmp_path / "run"
+  assert _run_cli(config, ref, log) == 0, log.read_text()[-3000:]
+
+  def this_run(workdir, n_starts, min_steps):
+    """This process wrote its start record (the ``n_starts + 1``-th) and then a train
+    record ``min_steps`` or more steps after it."""
+    recs = _records(workdir)
+    starts = [i for i, r in enumerate(recs) if r.get("event") == "start"]
+    return len(starts) > n_starts and any(
+        r.get("step", -1) >= recs[starts[-1]]["step"] + min_steps
+        for r in recs[starts[-1]:] if "train_loss" in r)
+
+  kills = [lambda w, n: this_run(w, n, 1),  # at its first record: likely no checkpoint yet
+           lambda w, n: this_run(w, n, 1) and bool(checkpoint.saved_steps(w)),
+           lambda w, n: this_run(w, n, 6)]  # mid-run, after a resume
+  for k, kill_when in enumerate(kills):
+    rc = _run_cli(config, run, log, lambda w, f=kill_when, n=k: f(w, n))
+    assert rc == -signal.SIGKILL, (k, rc, log.read_text()[-3000:])
+  assert _run_cli(config, run, log) == 0, log.read_text()[-3000:]
+
+  (step_a, want), (step_b, got) = _newest_checkpoint(ref), _newest_checkpoint(run)
+  assert step_a == step_b == 50
+  flat_want, flat_got = (jax.tree_util.tree_flatten_with_path(t)[0] for t in (want, got))
+  assert [p for p, _ in flat_want] == [p for p, _ in flat_got]
+  for (path, a), (_, b) in zip(flat_want, flat_got):
+    np.testing.assert_array_equal(b, a, err_msg=jax.tree_util.keystr(path))
+
+  recs = read_jsonl(run / "metrics.jsonl")
+  assert [r["step"] for r in recs if "train_loss" in r] == list(range(1, 51))
+  assert [r["step"] for r in recs if "test_loss" in r] == list(range(5, 51, 5))
+  ref_evals = [r for r in read_jsonl(ref / "metrics.jsonl") if "test_loss" in r]
+  assert ([r["test_loss"] for r in recs if "test_loss" in r]
+          == [r["test_loss"] for r in ref_evals])
+  starts = [r["step"] for r in recs if r.get("event") == "start"]
+  assert len(starts) == 4 and starts == sorted(starts) and starts[0] == 0 and starts[2] > 0
+  # Which records were logged past the newest checkpoint depends on when each kill landed;
+  # each resume counts those it moved aside in its start record.
+  path = run / "metrics.discarded.jsonl"
+  discarded = read_jsonl(path) if path.is_file() else []
+  assert sum(r["discarded_records"] for r in recs if r.get("event")) == len(discarded)
+  assert all(r["step"] > r["discarded_when_resuming_at"] for r in discarded
+             if "unparsable_line" not in r)
+  assert "Traceback" not in log.read_text()
+
+
+# --- Item 3: atomic and verified checkpoints ----------------------------------------------
+
+
+_KILLED_SAVE = '''
+import os, signal, sys
+import jax.numpy as jnp
+from orbax.checkpoint._src.path import atomicity
+from cnn_jax import checkpoint
+
+mngr = checkpoint.manager(sys.argv[1], 3)
+checkpoint.save(mngr, 3, {"w": jnp.arange(1000.0), "b": jnp.ones(7)})
+mngr.wait_until_finished()
+
+async def killed(self, *args, **kwargs):  # every file is written; the rename is next
+  os.kill(os.getpid(), signal.SIGKILL)
+
+atomicity.AtomicRenameTemporaryPath.finalize = killed
+checkpoint.save(mngr, 6, {"w": jnp.arange(1000.0) + 6, "b": jnp.ones(7)})
+mngr.wait_until_finished()
+print("not killed")
+'''
+
+
+def test_a_save_killed_before_its_rename_is_not_a_checkpoint(tmp_path):
+  """A process SIGKILLed while orbax finalises a save (its files written, the directory
+  not yet renamed) leaves a temporary directory that is not listed or restored; saving that
+  step again replaces it."""
+  script = tmp_path / "killed_save.py"
+  script.write_text(_KILLED_SAVE)
+  r = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=REPO,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr[-3000:]
+  ckpts = tmp_path / "checkpoints"
+  (tmp,) = [p for p in ckpts.iterdir() if p.name.startswith("6")]
+  assert ".orbax-checkpoint-tmp" in tmp.name and any(tmp.rglob("*"))
+  assert checkpoint.saved_steps(tmp_path) == [3]
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = {"w": jax.ShapeDtypeStruct((1000,), jnp.float32, sharding=sharding),
+              "b": jax.ShapeDtypeStruct((7,), jnp.float32, sharding=sharding)}
+  mngr = checkpoint.manager(tmp_path, 3)
+  assert mngr.latest_step() == 3
+  np.testing.assert_array_equal(checkpoint.restore_latest(mngr, abstract)["w"],
+                                np.arange(1000.0))
+  checkpoint.save(mngr, 6, {"w": jnp.arange(1000.0) + 6, "b": jnp.ones(7)})
+  mngr.wait_until_finished()
+  assert sorted(p.name for p in ckpts.iterdir()) == ["3", "6"]
+  np.testing.assert_array_equal(checkpoint.restore_latest(mngr, abstract)["w"],
+                                np.arange(1000.0) + 6)
+  mngr.close()
+
+
+def _largest_file(step_dir: pathlib.Path) -> pathlib.Path:
+  return max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _truncate(step_dir):
+  f = _largest_file(step_dir)
+  os.truncate(f, f.stat().st_size // 2)
+
+
+def _overwrite(step_dir):  # same size, other bytes: orbax reads them without complaint
+  f = _largest_file(step_dir)
+  b = bytearray(f.read_bytes())
+  b[len(b) // 3:len(b) // 3 + 64] = bytes(x ^ 0xFF for x in b[len(b) // 3:len(b) // 3 + 64])
+  f.write_bytes(bytes(b))
+
+
+_DAMAGES = {
+    "truncated array file": (_truncate, r"its arrays cannot be read"),
+    "overwritten array bytes": (_overwrite, r"params/\S+ does not match the CRC32 recorded "
+                                            r"when it was saved"),
+    "deleted _METADATA": (lambda d: (d / "default" / "_METADATA").unlink(),
+                          r"its metadata cannot be read \(FileNotFoundError"),
+    "deleted _CHECKPOINT_METADATA": (lambda d: (d / "_CHECKPOINT_METADATA").unlink(),
+                                     r"its metadata cannot be read \(FileNotFoundError"),
+}
+
+
+def _two_checkpoints(workdir):
+  """Checkpoints 3 and 6 of two different cifar10_cnn states; returns both states."""
+  s3 = _state(10)
+  s6 = s3.replace(step=s3.step + 6, params=jax.tree.map(lambda x: x + 1.0, s3.params))
+  mngr = checkpoint.manager(workdir, 3)
+  checkpoint.save(mngr, 3, s3)
+  checkpoint.save(mngr, 6, s6)
+  mngr.wait_until_finished()
+  mngr.close()
+  return s3, s6
+
+
+@pytest.mark.parametrize("damage", list(_DAMAGES))
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_restored(
+    tmp_path, capsys, damage):
+  damage_fn, why = _DAMAGES[damage]
+  s3, _ = _two_checkpoints(tmp_path)
+  step6 = tmp_path.absolute() / "checkpoints" / "6"
+  damage_fn(step6)
+  mngr = checkpoint.manager(tmp_path, 3)
+  assert mngr.latest_step() == 6  # orbax alone would resume from it
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = checkpoint.abstract_like(jax.eval_shape(lambda: _state(10)), sharding)
+  got = checkpoint.restore_latest(mngr, abstract)
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, got),
+               jax.tree.map(np.asarray, s3))
+  aside = tmp_path.absolute() / "checkpoints.damaged" / "6"
+  out = capsys.readouterr().out.splitlines()
+  assert len(out) == 1, out
+  assert re.fullmatch(re.escape(f"cnn_jax: checkpoint {step6} is damaged (") + why + ".*"
+                      + re.escape(f"); moved to {aside}; falling back to step 3"), out[0])
+  assert aside.is_dir() and any(aside.rglob("*"))  # kept, not deleted
+  assert mngr.latest_step() == 3 and checkpoint.saved_steps(tmp_path) == [3]
+  checkpoint.save(mngr, 6, got)  # training can write step 6 again
+  mngr.wait_until_finished()
+  assert checkpoint.saved_steps(tmp_path) == [3, 6]
+  mngr.close()
+
+
+def test_when_every_checkpoint_is_damaged_resume_stops_and_moves_nothing(tmp_path, capsys):
+  _two_checkpoints(tmp_path)
+  ckpts = tmp_path.absolute() / "checkpoints"
+  _truncate(ckpts / "6")
+  (ckpts / "3" / "default" / "_METADATA").unlink()
+  mngr = checkpoint.manager(tmp_path, 3)
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = checkpoint.abstract_like(jax.eval_shape(lambda: _state(10)), sharding)
+  with pytest.raises(checkpoint.DamagedCheckpointError,
+                     match=re.escape(f"no intact checkpoint in {ckpts}: {ckpts / '6'}: its "
+                                     f"arrays cannot be read")) as e:
+    checkpoint.restore_latest(mngr, abstract)
+  assert list(e.value.damaged) == [ckpts / "6", ckpts / "3"]
+  assert "restart = True" in str(e.value)
+  assert sorted(p.name for p in ckpts.iterdir()) == ["3", "6"]
+  assert not (tmp_path / "checkpoints.damaged").exists() and capsys.readouterr().out == ""
+  mngr.close()
+
+
+def test_restore_never_unpickles(tmp_path, monkeypatch):
+  """Checkpoints are TensorStore arrays and JSON metadata: a restore works with pickle's
+  loaders disabled."""
+  import pickle  # pylint: disable=g-import-not-at-top
+  s3, s6 = _two_checkpoints(tmp_path)
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("a checkpoint restore unpickled something")
+
+  for name in ("load", "loads", "Unpickler"):
+    monkeypatch.setattr(pickle, name, refuse)
+  mngr = checkpoint.manager(tmp_path, 3)
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = checkpoint.abstract_like(jax.eval_shape(lambda: _state(10)), sharding)
+  got = checkpoint.restore_latest(mngr, abstract)
+  mngr.close()
+  assert int(got.step) == int(s6.step)
+  fresh = {"params": jax.tree.map(jnp.zeros_like, s3.params),
+           "batch_stats": jax.tree.map(jnp.zeros_like, s3.batch_stats)}
+  variables, step, _ = checkpoint.restore_variables(tmp_path, fresh)
+  assert step == 6
+  jax.tree.map(np.testing.assert_array_equal, variables["params"], s6.params)
+
+
+def test_init_from_a_damaged_checkpoint_names_it(tmp_path):
+  _two_checkpoints(tmp_path)
+  step6 = tmp_path.absolute() / "checkpoints" / "6"
+  _overwrite(step6)
+  s = _state(10)
+  with pytest.raises(checkpoint.DamagedCheckpointError,
+                     match=re.escape(f"cannot initialise from checkpoint {step6}: it is "
+                                     f"damaged (params/")):
+    checkpoint.restore_variables(tmp_path, {"params": s.params, "batch_stats": s.batch_stats})
+
+
+def test_resume_past_a_damaged_checkpoint_ends_bit_identical_without_duplicate_records(
+    reference, cifar10_dir, cache_dir, tmp_path, capsys):
+  """The finished reference run with its final checkpoint (step 6) damaged: the rerun falls
+  back to step 3, trains steps 4-6 again and ends equal to the reference, with the records
+  of steps 4-6 moved aside, not duplicated."""
+  ref_dir, ref_final = reference
+  workdir = tmp_path / "run"
+  shutil.copytree(ref_dir, workdir)
+  _truncate(workdir / "checkpoints" / "6")
+  final = train.train_and_evaluate(_config(cifar10_dir, cache_dir), str(workdir))
+  out = capsys.readouterr().out
+  assert f"cnn_jax: checkpoint {workdir.absolute() / 'checkpoints' / '6'} is damaged" in out
+  assert (workdir / "checkpoints.damaged" / "6").is_dir()
+  assert final["test_loss"] == ref_final["test_loss"]
+  (_, want), (_, got) = _newest_checkpoint(ref_dir), _newest_checkpoint(workdir)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+  recs = read_jsonl(workdir / "metrics.jsonl")
+  ref_recs = read_jsonl(ref_dir / "metrics.jsonl")
+  assert ([r["step"] for r in recs if "train_loss" in r]
+          == [r["step"] for r in ref_recs if "train_loss" in r] == [2, 4, 6])
+  assert [r["step"] for r in recs if "test_loss" in r] == [3, 6]
+  start = [r for r in recs if r.get("event") == "start"][-1]
+  assert start["step"] == 3 and start["discarded_records"] == 3  # train 4 and 6, eval 6
+  assert len(read_jsonl(workdir / "metrics.discarded.jsonl")) == 3
+
+
+def test_a_run_whose_checkpoints_are_all_damaged_stops_and_overwrites_nothing(
+    reference, cifar10_dir, cache_dir, tmp_path):
+  ref_dir, _ = reference
+  workdir = tmp_path / "run"
+  shutil.copytree(ref_dir, workdir)
+  for step in (3, 6):
+    _truncate(workdir / "checkpoints" / str(step))
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  with pytest.raises(checkpoint.DamagedCheckpointError,
+                     match=re.escape(f"no intact checkpoint in "
+                                     f"{workdir.absolute() / 'checkpoints'}: ")):
+    train.train_and_evaluate(_config(cifar10_dir, cache_dir), str(workdir))
+  assert before == {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}

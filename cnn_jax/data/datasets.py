@@ -46,6 +46,8 @@ class Dataset:
     class_names: label order.
     mean, std: ``(C,)`` float32 per-channel statistics of the training images, 0-255 units.
     source: where the data came from (folder path or ``tfds:<name>``), for the logs.
+    report: ``{'train': ..., 'test': ...}``, what an image folder's load skipped, resized
+      or converted to RGB (:func:`cnn_jax.data.image_folder.load_split`); ``{}`` for TFDS.
   """
   train_images: np.ndarray
   train_labels: np.ndarray
@@ -55,6 +57,7 @@ class Dataset:
   mean: np.ndarray
   std: np.ndarray
   source: str
+  report: dict = dataclasses.field(default_factory=dict)
 
   @property
   def num_classes(self) -> int:
@@ -96,7 +99,9 @@ def load(data_config) -> Dataset:
 
   Keys used: ``name`` (a key of :data:`DATASETS`), ``dir`` (local image folder; when set,
   TFDS and the network are never touched), ``cache_dir`` (decoded-image cache; '' for the
-  default), ``num_train``/``num_test`` (0 = all; else a class-balanced prefix, for tests).
+  default), ``num_train``/``num_test`` (0 = all; else a class-balanced prefix, for tests),
+  ``skip_corrupt`` and ``resize`` (a folder's undecodable files skipped, images of another
+  size than the dataset's resized, instead of refused; both default False).
 
   Raises:
     KeyError: unknown ``data.name`` (lists the known names).
@@ -118,8 +123,13 @@ def load(data_config) -> Dataset:
       raise DataError(f"data dir {str(root)!r} has {len(classes)} classes, dataset {name!r} "
                       f"has {info.num_classes}")
     cache = data_config.get("cache_dir") or None
-    tr = image_folder.load_split(root, info.train_split, classes, cache)
-    te = image_folder.load_split(root, info.test_split, classes, cache)
+    options = dict(image_size=info.image_shape[:2], resize=data_config.get("resize", False),
+                   skip_corrupt=data_config.get("skip_corrupt", False))
+    report = {"train": {}, "test": {}}
+    tr = image_folder.load_split(root, info.train_split, classes, cache, **options,
+                                 report=report["train"])
+    te = image_folder.load_split(root, info.test_split, classes, cache, **options,
+                                 report=report["test"])
     source = str(root.resolve())
   else:
     if info.tfds_name is None:
@@ -128,7 +138,7 @@ def load(data_config) -> Dataset:
     tr = tfds_source.load_split(info.tfds_name, info.train_split)
     te = tfds_source.load_split(info.tfds_name, info.test_split)
     classes = [str(i) for i in range(info.num_classes)]
-    source = f"tfds:{info.tfds_name}"
+    source, report = f"tfds:{info.tfds_name}", {}
   for split, (x, _) in (("train", tr), ("test", te)):
     if x.shape[1:] != info.image_shape:
       raise DataError(f"dataset {name!r} {split} images have shape {x.shape[1:]}, "
@@ -137,4 +147,4 @@ def load(data_config) -> Dataset:
   train_images, train_labels = _take(*tr, data_config.get("num_train", 0))
   test_images, test_labels = _take(*te, data_config.get("num_test", 0))
   return Dataset(train_images, train_labels, test_images, test_labels, tuple(classes),
-                 mean, std, source)
+                 mean, std, source, report)
