@@ -104,12 +104,16 @@ def _wrap_train_step(monkeypatch, after_call):
 
 
 def test_sigint_mid_epoch_saves_that_step_and_the_resumed_run_is_bit_identical(
-    reference, cifar10_dir, cache_dir, tmp_path, monkeypatch, capsys):
+    reference, cifar10_dir, cache_dir, tmp_path, monkeypatch, capsys, request):
   """A real SIGINT after step 5 (mid-epoch 2; not a log or checkpoint step) stops the run
   with a checkpoint of step 5; the same call resumes there and ends with every array
   (parameters, BatchNorm statistics, optimizer state) equal to the uninterrupted run's."""
   ref_dir, ref_final = reference
   cfg = _config(cifar10_dir, cache_dir)
+  # The trainer leaves an ignored SIGINT alone (a background job's); a pytest-xdist worker
+  # may have inherited it ignored, so give this process Python's default handler first.
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
   handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
   def signal_after_5(n, state):
