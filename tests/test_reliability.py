@@ -475,9 +475,20 @@ def _records(workdir) -> list[dict]:
   return out
 
 
+def _landing(workdir) -> str:
+  """Where a kill landed: the newest train step logged, the complete checkpoints, and any
+  save in progress (an orbax temporary directory)."""
+  recs = [r for r in _records(workdir) if "train_loss" in r]
+  ckpts = workdir / "checkpoints"
+  tmp = sorted(p.name for p in ckpts.iterdir() if "tmp" in p.name) if ckpts.is_dir() else []
+  return (f"after train step {recs[-1]['step'] if recs else None}, complete checkpoints "
+          f"{checkpoint.saved_steps(workdir)}, save in progress: {tmp or 'none'}")
+
+
 def _run_cli(config_path, workdir, log, kill_when=None, timeout=300) -> int:
   """Runs the training command line; with ``kill_when(workdir) -> bool``, SIGKILLs it as
-  soon as that holds (polled every 10 ms). Returns the exit status (-9 when killed)."""
+  soon as that holds (polled every 10 ms) and prints where it landed. Returns the exit
+  status (-9 when killed)."""
   with open(log, "a") as out:
     proc = subprocess.Popen([sys.executable, "-m", "cnn_jax.train", "--config",
                              str(config_path), "--workdir", str(workdir)], cwd=REPO,
@@ -487,6 +498,7 @@ def _run_cli(config_path, workdir, log, kill_when=None, timeout=300) -> int:
     while proc.poll() is None and time.time() < deadline:
       if kill_when is not None and kill_when(workdir):
         os.kill(proc.pid, signal.SIGKILL)
+        print(f"SIGKILL {_landing(workdir)}")
         break
       time.sleep(0.01)
     return proc.wait(timeout=60)
@@ -495,7 +507,6 @@ def _run_cli(config_path, workdir, log, kill_when=None, timeout=300) -> int:
       proc.kill()
 
 
-@pytest.mark.slow
 def test_sigkill_anywhere_then_rerun_ends_bit_identical_with_one_record_per_step(
     cifar10_dir, tmp_path):
   """The command line killed with SIGKILL (no handler runs) before its first checkpoint,
@@ -531,10 +542,16 @@ def test_sigkill_anywhere_then_rerun_ends_bit_identical_with_one_record_per_step
   assert step_a == step_b == 50
   flat_want, flat_got = (jax.tree_util.tree_flatten_with_path(t)[0] for t in (want, got))
   assert [p for p, _ in flat_want] == [p for p, _ in flat_got]
+  diff = max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+             for (_, a), (_, b) in zip(flat_want, flat_got) if np.size(a))
+  print(f"final state vs the uninterrupted run: {len(flat_want)} arrays, max |difference| "
+        f"{diff}")
   for (path, a), (_, b) in zip(flat_want, flat_got):
     np.testing.assert_array_equal(b, a, err_msg=jax.tree_util.keystr(path))
 
   recs = read_jsonl(run / "metrics.jsonl")
+  print(f"start records at steps {[r['step'] for r in recs if r.get('event') == 'start']}, "
+        f"records moved aside {[r.get('discarded_records') for r in recs if r.get('event')]}")
   assert [r["step"] for r in recs if "train_loss" in r] == list(range(1, 51))
   assert [r["step"] for r in recs if "test_loss" in r] == list(range(5, 51, 5))
   ref_evals = [r for r in read_jsonl(ref / "metrics.jsonl") if "test_loss" in r]
