@@ -50,7 +50,8 @@ from cnn_jax import (checkpoint, data, models, optim, parallel, provenance, step
                      xla_cpu)
 from cnn_jax.config import check_resume, from_json, validate
 from cnn_jax.data import augment
-from cnn_jax.metric_writer import JsonlWriter, MultiWriter, TensorBoardWriter, rewind
+from cnn_jax.metric_writer import (DISCARDED, JsonlWriter, MultiWriter, TensorBoardWriter,
+                                   rewind)
 from cnn_jax.models import geometry
 
 
@@ -343,7 +344,7 @@ def _open_workdir(config, workdir) -> tuple[pathlib.Path, dict, pathlib.Path | N
 
 # What a run writes to its workdir, and what config key restart moves aside.
 RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "tensorboard",
-             checkpoint.DAMAGED_DIR, "metrics.discarded.jsonl")
+             checkpoint.DAMAGED_DIR, DISCARDED)
 
 
 def move_aside(workdir: pathlib.Path) -> pathlib.Path | None:
@@ -452,7 +453,7 @@ def _start_logs(config, workdir, ds, mesh, run, state, start_step, materialize, 
   discarded = rewind(workdir, start_step, redo_eval=start_step == total_steps) if is_main else 0
   if discarded:
     print(f"cnn_jax: moved {discarded} metrics records past step {start_step} (logged before "
-          f"the run stopped; logged again now) to {workdir / 'metrics.discarded.jsonl'}",
+          f"the run stopped; logged again now) to {workdir / DISCARDED}",
           flush=True)
   n_params = models.count_params(state.params, None)
   if is_main:

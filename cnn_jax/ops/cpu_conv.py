@@ -30,12 +30,6 @@ from jax import lax
 
 from cnn_jax.ops import depthwise
 from cnn_jax.ops.conv import im2col, resolve_padding
-from cnn_jax.ops.formulas import conv_output_size
-
-
-def _out_hw(in_hw, k_hw, strides, pads, dilation) -> tuple[int, int]:
-  return tuple(conv_output_size(n, k, s, tuple(p), d)
-               for n, k, s, p, d in zip(in_hw, k_hw, strides, pads, dilation))
 
 
 def is_small_output(lhs_shape, rhs_shape, window_strides, padding, rhs_dilation=None) -> bool:
@@ -53,7 +47,7 @@ def is_small_output(lhs_shape, rhs_shape, window_strides, padding, rhs_dilation=
   dil = tuple(rhs_dilation or (1, 1))
   k_hw = tuple(rhs_shape[:2])
   pads = resolve_padding(padding, tuple(lhs_shape[1:3]), k_hw, tuple(window_strides), dil)
-  out = _out_hw(lhs_shape[1:3], k_hw, window_strides, pads, dil)
+  out = depthwise.output_hw(lhs_shape, rhs_shape, tuple(window_strides), pads, dil)
   return any(o < d * (k - 1) + 1 for o, k, d in zip(out, k_hw, dil))
 
 
@@ -87,7 +81,7 @@ def small_output_conv(x: jax.Array, w: jax.Array, strides=(1, 1), padding="VALID
   kh, kw, c_in, c_out = w.shape
   strides, dilation = tuple(strides), tuple(dilation)
   pads = resolve_padding(padding, x.shape[1:3], (kh, kw), strides, dilation)
-  ho, wo = _out_hw(x.shape[1:3], (kh, kw), strides, pads, dilation)
+  ho, wo = depthwise.output_hw(x.shape, w.shape, strides, pads, dilation)
   xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
   cols = im2col(xp, kh, kw, ho, wo, strides, dilation)       # (N, Ho, Wo, KhKw, C_in)
   out = lax.dot_general(cols.reshape(-1, kh * kw * c_in), w.reshape(kh * kw * c_in, c_out),

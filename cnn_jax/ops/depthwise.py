@@ -102,7 +102,10 @@ def _tap_sum(xp, w, ho, wo, s, d, out_dtype):
   return acc.astype(out_dtype)
 
 
-def _out_hw(x_shape, w_shape, s, pads, d):
+def output_hw(x_shape, w_shape, s, pads, d) -> tuple[int, int]:
+  """``(H_out, W_out)`` of an NHWC input ``x_shape`` and HWIO kernel ``w_shape`` at strides
+  ``s``, paddings ``pads`` (``((top, bottom), (left, right))``) and dilations ``d``
+  (:func:`cnn_jax.ops.formulas.conv_output_size` per axis)."""
   return tuple(conv_output_size(x_shape[1 + a], w_shape[a], s[a], pads[a], d[a])
                for a in (0, 1))
 
@@ -120,7 +123,7 @@ def _taps_conv_fwd(x, w, s, pads, d, out_dtype):
   """Output and residuals (padded input, kernel); plain jax, so autodiff of it is the
   backward pass the custom VJP replaces."""
   xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-  return _tap_sum(xp, w, *_out_hw(x.shape, w.shape, s, pads, d), s, d, out_dtype), (xp, w)
+  return _tap_sum(xp, w, *output_hw(x.shape, w.shape, s, pads, d), s, d, out_dtype), (xp, w)
 
 
 def _taps_conv_bwd(s, pads, d, out_dtype, res, g):
