@@ -23,5 +23,6 @@ from cnn_jax.models import convnextv2  # noqa: F401
 from cnn_jax.models import mixer  # noqa: F401
 from cnn_jax.models import mlp  # noqa: F401
 from cnn_jax.models import vit  # noqa: F401
+from cnn_jax.models import airbench  # noqa: F401
 
 __all__ = ["create", "list_models", "count_params", "register"]
