@@ -7,8 +7,11 @@ save also records a CRC32 of every array's bytes in the step's metadata
 (``_CHECKPOINT_METADATA``, orbax's ``custom_metadata``, plain JSON): a checkpoint damaged
 *after* it was written (a truncated, overwritten or deleted file) is found at restore, set
 aside and the previous one used (:func:`restore_latest`). Orbax stores arrays with
-TensorStore and metadata as JSON; nothing is ever unpickled. The data position is not
-stored: it is a function of the step (see ``cnn_jax.train``).
+TensorStore and metadata as JSON; nothing is ever unpickled. With the in-memory loader the
+data position is not stored: it is a function of the step (:mod:`cnn_jax.data.loader`).
+With the Grain loader each step also holds item ``data_iter``: the iterator state of each
+process as JSON (``data_iter/process_<i>-of-<n>.json``, written by Grain's own orbax
+``CheckpointHandler``), set again on resume (:class:`DataState`).
 
 A checkpoint that does not fit the model it is restored into (another architecture, a
 changed model definition) is refused naming the first mismatched array path and both
@@ -57,11 +60,53 @@ class _Damaged(Exception):
   """Internal: one step failed to restore or verify; the message says how."""
 
 
-def manager(workdir: str | pathlib.Path, keep: int) -> ocp.CheckpointManager:
-  """A manager over ``<workdir>/checkpoints`` keeping the newest ``keep`` steps."""
+# The item holding the data iterator's state: <workdir>/checkpoints/<step>/data_iter.
+DATA_ITEM = "data_iter"
+
+
+class DataState:
+  """Holder of a data iterator's state for Grain's orbax ``CheckpointHandler``, which saves
+  ``item.get_state()`` (bytes, here JSON) and restores with ``item.set_state(bytes)``.
+
+  Attributes:
+    value: the state, a JSON-able dict (:meth:`cnn_jax.data.loader.TrainBatches.state`),
+      or ``None`` (nothing restored, or a checkpoint without one).
+  """
+
+  def __init__(self, value: dict | None = None):
+    self.value = value
+
+  def get_state(self) -> bytes:
+    return json.dumps(self.value).encode()
+
+  def set_state(self, state: bytes) -> None:
+    self.value = json.loads(state.decode() if isinstance(state, bytes) else state)
+
+  def start_prefetch(self) -> None:  # called by Grain's handler after set_state
+    pass
+
+
+def manager(workdir: str | pathlib.Path, keep: int,
+            data_state: bool = False) -> ocp.CheckpointManager:
+  """A manager over ``<workdir>/checkpoints`` keeping the newest ``keep`` steps; with
+  ``data_state``, of two items, the train state (``default``) and the data iterator's state
+  (``data_iter``, Grain's ``CheckpointHandler``)."""
   directory = pathlib.Path(workdir).absolute() / "checkpoints"
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-  return ocp.CheckpointManager(directory, options=options)
+  if not data_state:
+    return ocp.CheckpointManager(directory, options=options)
+  import grain  # pylint: disable=g-import-not-at-top
+  mngr = ocp.CheckpointManager(
+      directory, options=options,
+      item_handlers={_ITEM: ocp.StandardCheckpointHandler(),
+                     DATA_ITEM: grain.checkpoint.CheckpointHandler()})
+  mngr.cnn_jax_data_state = True  # a two-item manager: save and restore Composite args
+  return mngr
+
+
+def _multi_item(mngr: ocp.CheckpointManager) -> bool:
+  """Whether ``mngr`` was made by :func:`manager` with ``data_state=True``."""
+  return getattr(mngr, "cnn_jax_data_state", False)
 
 
 def saved_steps(workdir: str | pathlib.Path) -> list[int]:
@@ -88,11 +133,20 @@ def checksums(tree) -> dict[str, int]:
           for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
+def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict | None = None) -> None:
   """Saves ``state`` (a pytree of ``jax.Array``) as ``step`` (asynchronously), with the
-  CRC32 of each array in the step's metadata (see :func:`checksums`)."""
-  mngr.save(step, args=ocp.args.StandardSave(state), force=True,
-            custom_metadata={_CRC_KEY: checksums(state)})
+  CRC32 of each array in the step's metadata (see :func:`checksums`), and on a manager
+  made with ``data_state=True`` the data iterator's state ``data_state`` (a JSON-able dict)
+  as item ``data_iter``."""
+  sums = {_CRC_KEY: checksums(state)}
+  if not _multi_item(mngr):
+    mngr.save(step, args=ocp.args.StandardSave(state), force=True, custom_metadata=sums)
+    return
+  import grain  # pylint: disable=g-import-not-at-top
+  mngr.save(step, args=ocp.args.Composite(**{
+      _ITEM: ocp.args.StandardSave(state),
+      DATA_ITEM: grain.checkpoint.CheckpointSave(DataState(data_state))}),
+            force=True, custom_metadata=sums)
 
 
 def recorded_checksums(step_dir: str | pathlib.Path) -> dict[str, int] | None:
@@ -129,8 +183,10 @@ def _verify(tree, sums: dict[str, int] | None) -> None:
                    f"({got[bad[0]]:#010x} read, {sums[bad[0]]:#010x} saved){more}")
 
 
-def _restore_step(mngr: ocp.CheckpointManager, step: int, abstract_state):
-  """Restores and verifies checkpoint ``step``.
+def _restore_step(mngr: ocp.CheckpointManager, step: int, abstract_state,
+                  data_state: DataState | None = None):
+  """Restores and verifies checkpoint ``step`` (and into ``data_state`` its data iterator
+  state, when it has one and the manager is a two-item one).
 
   Raises:
     ValueError: it does not fit ``abstract_state`` (not damage: another model).
@@ -149,7 +205,16 @@ def _restore_step(mngr: ocp.CheckpointManager, step: int, abstract_state):
     raise ValueError(f"cannot resume from checkpoint {step_dir}: it does not fit the model "
                      f"this config builds: {problem}")
   try:
-    state = mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    if _multi_item(mngr):
+      import grain  # pylint: disable=g-import-not-at-top
+      items = {_ITEM: ocp.args.StandardRestore(abstract_state)}
+      holder = data_state if data_state is not None else DataState()
+      holder.value = None
+      if (step_dir / DATA_ITEM).is_dir():  # absent: written by the in-memory loader
+        items[DATA_ITEM] = grain.checkpoint.CheckpointRestore(holder)
+      state = mngr.restore(step, args=ocp.args.Composite(**items))[_ITEM]
+    else:
+      state = mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
   except Exception as e:  # TensorStore reports a truncated file as a bare Exception
     if _is_transient(e):
       raise
@@ -171,10 +236,15 @@ def _move_damaged(step_dir: pathlib.Path) -> pathlib.Path:
   return dest
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state, move_damaged: bool = True):
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state, move_damaged: bool = True,
+                   data_state: DataState | None = None):
   """Restores the newest intact checkpoint into the structure, dtypes and shardings of
   ``abstract_state`` (a tree of ``jax.ShapeDtypeStruct`` with ``.sharding``, as from
   ``jax.eval_shape``). Returns ``None`` when there is no checkpoint.
+
+  On a manager made with ``data_state=True`` (:func:`manager`), ``data_state.value`` is set
+  to that checkpoint's data iterator state, or ``None`` when it has none (written by the
+  in-memory loader, or before the state was stored).
 
   A checkpoint written on N devices restores onto whatever mesh ``abstract_state``
   names: orbax reads each array and lays it out by the target sharding.
@@ -198,7 +268,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, move_damaged: bo
   damaged = {}
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
-      state = _restore_step(mngr, step, abstract_state)
+      state = _restore_step(mngr, step, abstract_state, data_state)
     except _Damaged as e:
       damaged[directory / str(step)] = str(e)
       continue

@@ -8,6 +8,7 @@ value and what was expected. Override from the command line with
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib.util
 import json
@@ -48,7 +49,10 @@ def base_config() -> ml_collections.ConfigDict:
   # sharding computes) or 'per_device' ("ghost" batch norm over each device's shard, as
   # pmap-era code without cross-replica sync had).
   c.batchnorm_stats = "global"
-  c.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (parameters stay float32)
+  # Compute dtype (parameters and optimizer state stay float32): 'float32', 'bfloat16', or
+  # 'auto' = bfloat16 on TPU, float32 elsewhere, resolved when training starts
+  # (resolve_dtype; the logged config.json holds the resolved value).
+  c.dtype = "auto"
   # Store every conv input for the backward pass instead of letting XLA recompute it inside
   # the weight-gradient transposes (cnn_jax/xla_cpu.py): same results, a faster CPU step.
   # 'auto' = on when JAX's default backend is CPU; 'on'; 'off'.
@@ -94,6 +98,32 @@ def _data_defaults() -> ml_collections.ConfigDict:
   # Images of another size than the dataset's: False stops the load naming the file and
   # both sizes; True resizes them (bilinear), counted in the start record.
   d.resize = False
+  # Input pipeline (cnn_jax/data/loader.py). 'memory': every image decoded into host memory
+  # once (uint8 NHWC), one index gather per step; 'grain': streamed by Grain, decoded and
+  # augmented in worker processes, each process reading only its shard, resumable from the
+  # iterator state saved in the checkpoint; 'auto': 'memory' when the decoded train + test
+  # images fit in memory_limit_mb and augment is 'pad_crop', else 'grain'. Both give the
+  # same batches for the same seed.
+  d.loader = "auto"
+  d.memory_limit_mb = 4096  # 'auto' threshold, MiB of decoded uint8 images
+  # 'pad_crop': the CIFAR recipe (random crop after crop_pad padding, flip), on device;
+  # 'inception': random-resized crop to image_size and flip on the host (Szegedy et al.
+  # 2015), evaluation on the center crop of the image resized to image_size /
+  # eval_crop_fraction (256 -> 224); needs loader 'grain' (or 'auto').
+  d.augment = "pad_crop"
+  d.image_size = 0  # inception: the model's input side in pixels; 0 = the dataset's
+  d.rrc_scale = (0.08, 1.0)  # inception crop: range of area fractions
+  d.rrc_ratio = (0.75, 4.0 / 3.0)  # inception crop: range of aspect ratios (w / h)
+  d.eval_crop_fraction = 0.875  # inception evaluation: crop side / resized shorter side
+  # grain: decoding worker processes (-1 = auto: CPUs - 1, at most 16; 0 = decode in this
+  # process's threads), read threads per process, and batches buffered ahead per worker.
+  d.num_workers = -1
+  d.read_threads = 4
+  d.prefetch_batches = 2
+  # memory loader: keep the training split on the accelerator and gather each batch there
+  # (no host-to-device copy per step). 'auto' = on for a single-process GPU/TPU run whose
+  # training images take at most a quarter of the device's memory; 'on'; 'off'.
+  d.device_resident = "auto"
   return d
 
 
@@ -137,7 +167,10 @@ _CHOICES = {
     "optim.schedule": ("cosine", "piecewise", "constant"),
     "data.pad_mode": ("reflect", "constant"),
     "data.flip_mode": ("random", "alternating"),
-    "dtype": ("float32", "bfloat16"),
+    "data.loader": ("auto", "memory", "grain"),
+    "data.augment": ("pad_crop", "inception"),
+    "data.device_resident": ("auto", "on", "off"),
+    "dtype": ("float32", "bfloat16", "auto"),
     "batchnorm_stats": ("global", "per_device"),
     "materialize_conv_inputs": ("auto", "on", "off"),
     "transfer.mode": ("finetune", "linear_probe", "progressive"),
@@ -147,7 +180,9 @@ _POSITIVE = ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
              "transfer.unfreeze_every_epochs")
 _NON_NEGATIVE = ("optim.weight_decay", "optim.warmup_epochs", "optim.min_lr",
                  "optim.grad_clip_norm", "data.crop_pad", "data.num_train", "data.num_test",
-                 "checkpoint_every_steps", "label_smoothing", "optim.momentum")
+                 "checkpoint_every_steps", "label_smoothing", "optim.momentum",
+                 "data.image_size", "data.read_threads")
+_POSITIVE += ("data.memory_limit_mb", "data.prefetch_batches")
 
 
 def _get(config, dotted):
@@ -280,7 +315,38 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if list(b) != sorted(b):
     raise ValueError(f"config key optim.boundaries_epochs = {b}; expected increasing values")
   _validate_transfer(config)
+  _validate_data(config.data)
   return config
+
+
+def _validate_data(d: ml_collections.ConfigDict) -> None:
+  """Checks the input-pipeline keys of section ``data`` that range checks cannot.
+
+  Raises:
+    ValueError: names the key(s), the value and what was expected.
+  """
+  lo, hi = tuple(d.rrc_scale) if len(d.rrc_scale) == 2 else (-1, -1)
+  if not 0 < lo <= hi <= 1:
+    raise ValueError(f"config key data.rrc_scale = {tuple(d.rrc_scale)}; expected "
+                     f"(lo, hi) with 0 < lo <= hi <= 1, e.g. (0.08, 1.0)")
+  lo, hi = tuple(d.rrc_ratio) if len(d.rrc_ratio) == 2 else (-1, -1)
+  if not 0 < lo <= hi:
+    raise ValueError(f"config key data.rrc_ratio = {tuple(d.rrc_ratio)}; expected (lo, hi) "
+                     f"with 0 < lo <= hi, e.g. (0.75, 1.3333)")
+  if not 0 < d.eval_crop_fraction <= 1:
+    raise ValueError(f"config key data.eval_crop_fraction = {d.eval_crop_fraction}; "
+                     f"expected (0, 1], e.g. 0.875 (224 of 256)")
+  if d.num_workers < -1:
+    raise ValueError(f"config key data.num_workers = {d.num_workers}; expected -1 (auto), "
+                     f"0 (this process) or a worker count")
+  if d.augment == "inception" and d.loader == "memory":
+    raise ValueError("config key data.augment = 'inception' crops images of any size on the "
+                     "host, which only data.loader = 'grain' (or 'auto') does; the 'memory' "
+                     "loader holds fixed-size images")
+  if d.loader == "grain" and d.skip_corrupt:
+    raise ValueError("config key data.skip_corrupt = True needs data.loader = 'memory' (a "
+                     "streamed epoch cannot drop an example without changing every later "
+                     "batch); fix or remove the file instead")
 
 
 def _validate_transfer(config: ml_collections.ConfigDict) -> None:
@@ -308,13 +374,53 @@ def _validate_transfer(config: ml_collections.ConfigDict) -> None:
                        f"init_from to that run's workdir, or {key} to {default!r}")
 
 
+# The compute dtype that config key dtype = 'auto' means on each JAX platform
+# (``jax.default_backend()``); any platform not listed gets 'float32'. TPU: bfloat16 is the
+# MXU's native input type (float32 matmuls take several bf16 passes), so it is the speed
+# default there (Google Cloud TPU docs, "Improve your model's performance with bfloat16").
+AUTO_DTYPE = {"tpu": "bfloat16"}
+
+
+def auto_dtype(platform: str | None = None) -> str:
+  """What ``dtype = 'auto'`` resolves to on ``platform`` ('cpu', 'gpu', 'tpu', ...; ``None``:
+  ``jax.default_backend()``, which initialises JAX's backends, so call it only where the
+  trainer would: after ``XLA_FLAGS`` and distributed initialisation). Returns
+  ``'bfloat16'`` or ``'float32'`` (:data:`AUTO_DTYPE`)."""
+  if platform is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    platform = jax.default_backend()
+  return AUTO_DTYPE.get(platform.lower(), "float32")
+
+
+def resolve_dtype(config: ml_collections.ConfigDict,
+                  platform: str | None = None) -> ml_collections.ConfigDict:
+  """``config`` with ``dtype = 'auto'`` replaced by :func:`auto_dtype` ``(platform)``; a copy
+  (the caller's config, locked or frozen, is left as it is), or ``config`` itself when its
+  dtype is not 'auto' (nothing is validated here: :func:`validate` does that, before or
+  after). The trainer calls it before logging ``config.json`` and before checking a resume,
+  so the log records the dtype that ran and a run resumed with 'auto' on the same platform
+  matches its logged value (on another platform :func:`check_resume` names the
+  difference)."""
+  if config.get("dtype") != "auto":
+    return config
+  if isinstance(config, ml_collections.FrozenConfigDict):
+    out = ml_collections.ConfigDict(config)  # a mutable copy
+  else:
+    out = copy.deepcopy(config)  # ConfigDict(config) would share the sections
+  out.dtype = auto_dtype(platform)
+  return out
+
+
 # Keys that change how a run is watched, evaluated, stored or scheduled on the hardware, not
 # the parameters it trains:
 # a resumed run may change them (e.g. a data folder at another path on another machine).
 # ``restart`` too: it decides whether there is a run to resume at all (True never resumes).
 RESUME_MAY_CHANGE = ("progress_bar", "tensorboard", "log_every_steps", "eval_every_epochs",
                      "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints",
-                     "data.dir", "data.cache_dir", "materialize_conv_inputs", "restart")
+                     "data.dir", "data.cache_dir", "materialize_conv_inputs", "restart",
+                     # The loaders give the same batches; these change only speed/memory.
+                     "data.loader", "data.memory_limit_mb", "data.num_workers",
+                     "data.read_threads", "data.prefetch_batches", "data.device_resident")
 
 
 def from_json(text: str) -> ml_collections.ConfigDict:

@@ -11,9 +11,10 @@ The workdir receives ``config.json``, ``metrics.jsonl`` (train records every
 events in ``tensorboard/`` (``config.tensorboard``) and ``checkpoints/``. Running the
 same command on the same workdir resumes from the newest checkpoint: step, parameters,
 BatchNorm statistics, optimizer state, and data position (epoch ``step // steps_per_epoch``
-with that epoch's permutation, which is a function of ``seed`` and the epoch only). A
-config that differs from the workdir's ``config.json`` in a key that changes the trained
-weights is refused (:func:`cnn_jax.config.check_resume`).
+with that epoch's permutation, which is a function of ``seed`` and the epoch only; with the
+Grain loader also the iterator state saved in the checkpoint). A config that differs from
+the workdir's ``config.json`` in a key that changes the trained weights is refused
+(:func:`cnn_jax.config.check_resume`).
 
 Faults: the first SIGTERM or SIGINT stops training after the current step with a checkpoint
 of that step (:class:`Preempted`; the command line exits with 128 + the signal number); a
@@ -26,6 +27,12 @@ are moved to ``metrics.discarded.jsonl`` so that each step keeps one record.
 deleted), ``config.init_from`` starts from another run's weights, with config section
 ``transfer`` choosing fine-tuning, a linear probe or progressive unfreezing and the head to
 re-initialise (:mod:`cnn_jax.transfer`).
+
+The loop only consumes batches: the data layer (:func:`cnn_jax.data.loader.open_data`, the
+in-memory or the Grain loader of config key ``data.loader``) hands it an iterator of global
+batches from the start step, and the loop is "next batch, step, periodic actions"
+(:class:`Every`: progress, train records, evaluation, checkpoints, as the Flax examples'
+``clu.periodic_actions``).
 """
 
 from __future__ import annotations
@@ -46,10 +53,11 @@ import numpy as np
 import optax
 import tqdm
 
-from cnn_jax import (checkpoint, data, models, optim, parallel, provenance, steps, transfer,
+from cnn_jax import (checkpoint, models, optim, parallel, provenance, steps, transfer,
                      xla_cpu)
-from cnn_jax.config import check_resume, from_json, validate
-from cnn_jax.data import augment
+from cnn_jax.config import check_resume, from_json, resolve_dtype, validate
+# augment: the host-side alternating flip the loaders call (tests spy on train.augment).
+from cnn_jax.data import augment, loader  # pylint: disable=unused-import
 from cnn_jax.metric_writer import (DISCARDED, JsonlWriter, MultiWriter, TensorBoardWriter,
                                    rewind)
 from cnn_jax.models import geometry
@@ -149,33 +157,49 @@ def first_nonfinite_leaf(trees: dict) -> str | None:
   return None
 
 
-def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-  """The training order of epoch ``epoch``: a fresh permutation of ``range(n)`` per epoch,
-  a pure function of ``(seed, epoch)`` so that a resumed run continues the same order."""
-  return np.random.default_rng([seed, epoch]).permutation(n)
+epoch_permutation = loader.epoch_permutation  # the training order (cnn_jax/data/loader.py)
 
 
-def evaluate(eval_step, state, images: np.ndarray, labels: np.ndarray, batch_size: int,
-             sharding) -> dict:
-  """Test loss and top-1 accuracy over *every* example exactly once.
+class Every:
+  """A periodic action of the train loop: ``action(step, state)`` calls ``fn(step, state)``
+  when ``step % every == 0`` (``every`` in steps, ``0`` = never) or ``step in also``, unless
+  ``step in skip``; returns whether it did. The pattern of ``clu.periodic_actions`` (Flax
+  examples), without its TensorFlow import and without its time-based triggers."""
 
-  The last batch is padded to ``batch_size`` with masked rows; per-batch sums are added on
-  device and divided once at the end. Returns ``{'test_loss', 'test_accuracy', 'test_count'}``.
-  """
-  n = len(labels)
-  rows = parallel.process_rows(batch_size)
+  def __init__(self, every: int, fn: Callable, *, also=(), skip=()):
+    self.every, self.fn, self.also, self.skip = every, fn, frozenset(also), frozenset(skip)
+
+  def __call__(self, step: int, state) -> bool:
+    due = (self.every and step % self.every == 0) or step in self.also
+    if not due or step in self.skip:
+      return False
+    self.fn(step, state)
+    return True
+
+
+def evaluate_batches(eval_step, state, batches) -> dict:
+  """Test loss and top-1 accuracy over ``batches``, an iterable of global ``(images (B, H,
+  W, C) uint8, labels (B,) int32, mask (B,) float32)`` covering every example once (padding
+  rows masked 0). Per-batch sums are added on device and divided once at the end. Returns
+  ``{'test_loss', 'test_accuracy', 'test_count'}``."""
   totals = None
-  for start in range(0, n, batch_size):
-    idx = np.arange(start, start + batch_size)
-    mask = (idx < n).astype(np.float32)
-    idx = np.minimum(idx, n - 1)[rows]
-    batch = parallel.global_batch(sharding, images[idx], labels[idx], mask[rows])
+  for batch in batches:
     sums = eval_step(state, *batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = parallel.to_host(totals)
   count = float(totals["count"])
   return {"test_loss": float(totals["loss_sum"]) / count,
           "test_accuracy": float(totals["correct"]) / count, "test_count": int(count)}
+
+
+def evaluate(eval_step, state, images: np.ndarray, labels: np.ndarray, batch_size: int,
+             sharding) -> dict:
+  """Test loss and top-1 accuracy over *every* example of in-memory arrays exactly once
+  (``images`` ``(N, H, W, C)`` uint8, ``labels`` ``(N,)`` int32): the last batch is padded
+  to ``batch_size`` with masked rows (:func:`cnn_jax.data.loader.array_eval_batches`).
+  Returns ``{'test_loss', 'test_accuracy', 'test_count'}``."""
+  return evaluate_batches(eval_step, state,
+                          loader.array_eval_batches(images, labels, batch_size, sharding))
 
 
 class RunSetup(NamedTuple):
@@ -192,13 +216,14 @@ class RunSetup(NamedTuple):
   transfer_plan: transfer.Plan | None = None
 
 
-def build_run(config: ml_collections.ConfigDict, ds: data.Dataset, sharding) -> RunSetup:
+def build_run(config: ml_collections.ConfigDict, ds, sharding) -> RunSetup:
   """The model, optimizer, schedule and train-state shape of ``config`` on ``ds``.
 
   Training and :mod:`cnn_jax.evaluate` both build them here, so that a checkpoint is
-  restored into the very tree it was saved from. ``ds`` gives the input shape ``(H, W, C)``,
-  the class count and the number of training examples; ``sharding`` is the state's
-  (replicated). With ``config.init_from`` the optimizer freezes what config section
+  restored into the very tree it was saved from. ``ds`` (a :class:`cnn_jax.data.Dataset`
+  or what :func:`cnn_jax.data.loader.open_data` returns) gives the input shape
+  ``(H, W, C)``, the class count, the number of training examples and the mean/std;
+  ``sharding`` is the state's (replicated). With ``config.init_from`` the optimizer freezes what config section
   ``transfer`` says (:func:`cnn_jax.transfer.wrap_optimizer`).
 
   Raises:
@@ -209,7 +234,8 @@ def build_run(config: ml_collections.ConfigDict, ds: data.Dataset, sharding) -> 
     cnn_jax.models.geometry.GeometryError: a layer whose kernel, stride, dilation or
       channels do not fit the dataset's image size (names the layer and the values).
   """
-  n_train = len(ds.train_labels)
+  config = resolve_dtype(config)  # 'auto': bfloat16 on TPU, float32 elsewhere
+  n_train = ds.num_train
   steps_per_epoch = n_train // config.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f"config key batch_size = {config.batch_size} exceeds the "
@@ -220,10 +246,10 @@ def build_run(config: ml_collections.ConfigDict, ds: data.Dataset, sharding) -> 
   plan = None
   with geometry.checked():  # the model's first trace: a layer that does not fit fails here
     if config.init_from:  # also when resuming: the optimizer state's tree depends on the mode
-      plan = transfer.make_plan(config.transfer, model, ds.train_images.shape[1:],
+      plan = transfer.make_plan(config.transfer, model, ds.input_shape,
                                 ds.num_classes, steps_per_epoch)
       tx = transfer.wrap_optimizer(tx, plan)
-    init = lambda key: steps.init_state(model, tx, key, ds.train_images.shape[1:],
+    init = lambda key: steps.init_state(model, tx, key, ds.input_shape,
                                         ema=config.ema_decay > 0)
     shapes = jax.eval_shape(init, jax.random.key(config.seed))
   abstract = checkpoint.abstract_like(shapes, sharding)
@@ -265,14 +291,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     NonFiniteError: a NaN or Inf train loss (or parameters before a save); no checkpoint
       of the bad state is written.
   """
+  config = resolve_dtype(config)  # 'auto': bfloat16 on TPU, float32 elsewhere
   t_start = time.time()
   workdir, prov, moved = _open_workdir(config, workdir)
   ds, mesh = _load_data(config)
   repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   run = build_run(config, ds, repl)
-  mngr = checkpoint.manager(workdir, config.keep_checkpoints)
+  # The Grain loader's iterator state is checkpointed beside the train state.
+  mngr = checkpoint.manager(workdir, config.keep_checkpoints,
+                            data_state=ds.loader == "grain")
+  data_state = checkpoint.DataState()
   try:
-    state, origin = _initial_state(config, run, mngr, repl, moved)
+    state, origin = _initial_state(config, run, mngr, repl, moved, data_state)
   except BaseException:  # e.g. every checkpoint damaged: release orbax's threads first
     mngr.close()
     raise
@@ -284,15 +314,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   loop = _Loop(config, ds, run, writer, t_start, batch_sh,
                *_compile_steps(config, run, mesh, repl, batch_sh, materialize))
   total_steps = run.steps_per_epoch * config.num_epochs
+  batches = ds.train_batches(batch_size=config.batch_size,
+                             steps_per_epoch=run.steps_per_epoch, num_epochs=config.num_epochs,
+                             start_step=start_step, sharding=batch_sh, saved=data_state.value)
   try:
     with _StopOnSignal() as stop:
-      state = loop.train(state, start_step, mngr, stop)
+      state = loop.train(state, start_step, batches, mngr, stop)
     # Saved before the final evaluation, which then overlaps the asynchronous write: a
     # run killed during that evaluation keeps its last epoch.
     if mngr.latest_step() != total_steps:
-      loop.save(mngr, total_steps, state)
+      loop.save(mngr, total_steps, state, batches.state())
     final = loop.evaluate(state, total_steps)
   finally:
+    batches.close()  # stops Grain's worker processes
     # Let a save that is under way finish, even when training stopped with an error.
     mngr.wait_until_finished()
     mngr.close()
@@ -303,11 +337,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return final
 
 
-def _initial_state(config, run, mngr, repl, moved):
+def _initial_state(config, run, mngr, repl, moved, data_state=None):
   """The state to train from: the newest checkpoint, else a fresh initialisation (with
   ``config.init_from``'s parameters and BatchNorm statistics when set). Also returns the
-  start-record fields of a restart / init_from (``{}`` for a plain run)."""
-  state = checkpoint.restore_latest(mngr, run.abstract_state)
+  start-record fields of a restart / init_from (``{}`` for a plain run). The checkpoint's
+  data iterator state, if any, goes to ``data_state`` (:class:`checkpoint.DataState`)."""
+  state = checkpoint.restore_latest(mngr, run.abstract_state, data_state=data_state)
   origin = {} if moved is None else {"previous_run": str(moved)}
   if state is None:
     state = jax.jit(run.init, out_shardings=repl)(jax.random.key(config.seed))
@@ -426,10 +461,11 @@ def _init_from(source: str, run: RunSetup, state, repl):
 
 
 def _load_data(config):
-  """The dataset and the data mesh, after the cheap checks (model name, batch sizes)."""
+  """The data (:func:`cnn_jax.data.loader.open_data`: in memory or streamed by Grain) and
+  the data mesh, after the cheap checks (model name, batch sizes)."""
   if config.model.name not in models.list_models():
     models.create(config.model.name)  # raises KeyError naming close names, before any I/O
-  ds = data.load(config.data)
+  ds = loader.open_data(config.data, config.seed)
   mesh = parallel.data_mesh()
   parallel.check_batch_size(config.batch_size, mesh, "batch_size")
   parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
@@ -458,13 +494,14 @@ def _start_logs(config, workdir, ds, mesh, run, state, start_step, materialize, 
   n_params = models.count_params(state.params, None)
   if is_main:
     print(f"cnn_jax: {config.model.name} ({n_params:,} params) on {config.data.name} "
-          f"[{ds.source}]: {len(ds.train_labels)} train / {len(ds.test_labels)} test, "
+          f"[{ds.source}, {ds.loader} loader]: {ds.num_train} train / {ds.num_test} test, "
           f"{run.steps_per_epoch} steps/epoch x {config.num_epochs} epochs, "
           f"{mesh.devices.size} device(s) of {jax.devices()[0].platform}, "
           f"{'resuming at step %d' % start_step if start_step else 'from scratch'}"
           f"{' (weights of %s)' % prov['init_from'] if 'init_from' in prov else ''}", flush=True)
   writer.write({"event": "start", "step": start_step, "model": config.model.name,
-                "num_params": n_params, "data_source": ds.source, "devices": mesh.devices.size,
+                "num_params": n_params, "data_source": ds.source, "data_loader": ds.loader,
+                "devices": mesh.devices.size,
                 "platform": jax.devices()[0].platform, "process_count": jax.process_count(),
                 "materialize_conv_inputs": materialize, "discarded_records": discarded,
                 "data_report": ds.report, **prov})
@@ -475,13 +512,16 @@ def _compile_steps(config, run, mesh, repl, batch_sh, materialize):
   """The jitted train step (state donated) and eval steps (the EMA's too, or ``None``).
   A transfer run's step freezes what its plan says; one line says what trains when."""
   ghost = config.batchnorm_stats == "per_device"
-  random_flip = config.data.flip and config.data.flip_mode == "random"
+  # Inception crops and flips happen on the host (cnn_jax/data/imagenet_augment.py).
+  inception = config.data.augment == "inception"
+  random_flip = config.data.flip and config.data.flip_mode == "random" and not inception
   plan = run.transfer_plan
   if plan is not None and jax.process_index() == 0:
     print("cnn_jax: " + plan.describe(run.steps_per_epoch,
                                       run.steps_per_epoch * config.num_epochs), flush=True)
   train_step = jax.jit(
-      steps.make_train_step(run.model, run.tx, seed=config.seed, crop_pad=config.data.crop_pad,
+      steps.make_train_step(run.model, run.tx, seed=config.seed,
+                            crop_pad=0 if inception else config.data.crop_pad,
                             pad_mode=config.data.pad_mode, flip=random_flip,
                             label_smoothing=config.label_smoothing,
                             bn_groups=mesh.devices.size if ghost else 1,
@@ -494,28 +534,6 @@ def _compile_steps(config, run, mesh, repl, batch_sh, materialize):
   ema_eval_step = (jax.jit(steps.make_eval_step(run.model, **run.step_kwargs, ema=True),
                            out_shardings=repl) if config.ema_decay else None)
   return train_step, eval_step, ema_eval_step
-
-
-def train_batches(config, ds: data.Dataset, start_step: int, steps_per_epoch: int, sharding):
-  """Yields ``(step, images, labels)`` global batches from ``start_step`` to the end of
-  training: epoch ``e``'s order is :func:`epoch_permutation` ``(seed, e)``, each process
-  takes its own rows of each batch, and the alternating flip (which depends on the example
-  index) is applied here on the host. ``images`` ``(B, H, W, C)`` uint8, ``labels`` ``(B,)``
-  int32, both sharded on the batch axis by ``sharding``."""
-  n_train = len(ds.train_labels)
-  rows = parallel.process_rows(config.batch_size)
-  flips0 = (augment.first_epoch_flips(config.seed, n_train)
-            if config.data.flip and config.data.flip_mode == "alternating" else None)
-  perm_epoch, perm = -1, None
-  for step in range(start_step, steps_per_epoch * config.num_epochs):
-    epoch, k = divmod(step, steps_per_epoch)
-    if epoch != perm_epoch:
-      perm_epoch, perm = epoch, epoch_permutation(config.seed, epoch, n_train)
-    idx = perm[k * config.batch_size:(k + 1) * config.batch_size][rows]
-    host_images = ds.train_images[idx]
-    if flips0 is not None:
-      host_images = augment.alternating_flip(host_images, flips0[idx], epoch)
-    yield (step, *parallel.global_batch(sharding, host_images, ds.train_labels[idx]))
 
 
 class _Loop:
@@ -546,11 +564,11 @@ class _Loop:
     jax.block_until_ready(state)  # finish queued train steps: they are not evaluation time
     t0 = time.time()
     c, ds = self.config, self.ds
-    rec = evaluate(self.eval_step, state, ds.test_images, ds.test_labels, c.eval_batch_size,
-                   self.batch_sh)
+    rec = evaluate_batches(self.eval_step, state,
+                           ds.eval_batches(c.eval_batch_size, self.batch_sh))
     if self.ema_eval_step is not None:
-      ema = evaluate(self.ema_eval_step, state, ds.test_images, ds.test_labels,
-                     c.eval_batch_size, self.batch_sh)
+      ema = evaluate_batches(self.ema_eval_step, state,
+                             ds.eval_batches(c.eval_batch_size, self.batch_sh))
       rec.update(ema_test_loss=ema["test_loss"], ema_test_accuracy=ema["test_accuracy"])
     rec.update(step=step, epoch=step / self.run.steps_per_epoch, eval_s=time.time() - t0,
                wall_s=time.time() - self.t_start)
@@ -614,23 +632,24 @@ class _Loop:
                         f"although every train loss up to it was (an update overflowed)",
                         step, state, mngr)
 
-  def save(self, mngr, step: int, state) -> None:
-    """Saves ``state`` as checkpoint ``step`` (asynchronously) after :meth:`_check`.
+  def save(self, mngr, step: int, state, data_state: dict | None = None) -> None:
+    """Saves ``state`` as checkpoint ``step`` (asynchronously) after :meth:`_check`, with
+    the data iterator's state after that step (Grain loader; ``None`` otherwise).
 
     Raises:
       NonFiniteError: see :meth:`_check`; nothing is saved.
     """
     self._check(step, state, mngr, "saved")
-    checkpoint.save(mngr, step, state)
+    checkpoint.save(mngr, step, state, data_state)
     self.saved_step = step
 
-  def _preempt(self, mngr, done: int, state, signum: int, t_log: float):
+  def _preempt(self, mngr, done: int, state, signum: int, t_log: float, data_state=None):
     """Logs the pending steps, saves step ``done`` and waits for the save to be complete,
     prints where it is and raises :class:`Preempted`."""
     if self.pending:
       self._log_train(done, t_log, state, mngr)
     if self.saved_step != done:
-      self.save(mngr, done, state)
+      self.save(mngr, done, state, data_state)
     mngr.wait_until_finished()
     self.pbar.close()
     path = pathlib.Path(mngr.directory) / str(done)
@@ -642,8 +661,20 @@ class _Loop:
       print(message, flush=True)
     raise Preempted(message, done, path, signum)
 
-  def train(self, state, start_step: int, mngr, stop: _StopOnSignal):
-    """Runs the train steps from ``start_step`` to the end; returns the final state.
+  def _evaluate_and_print(self, done: int, state, mngr) -> None:
+    """The periodic evaluation: checks the state, evaluates, prints one line and keeps the
+    evaluation's time out of the training images/s."""
+    self._check(done, state, mngr, "evaluated")  # and then saved: fail before both
+    rec = self.evaluate(state, done)
+    self.pbar.write(f"epoch {done // self.run.steps_per_epoch}: test_accuracy "
+                    f"{rec['test_accuracy']:.4f} test_loss {rec['test_loss']:.4f}" + (
+                        f" ema_test_accuracy {rec['ema_test_accuracy']:.4f}"
+                        if "ema_test_accuracy" in rec else ""))
+    self.t_log += rec["eval_s"]
+
+  def train(self, state, start_step: int, batches, mngr, stop: _StopOnSignal):
+    """Runs the train steps on ``batches`` (``(step, images, labels)`` from ``start_step``
+    to the end, :meth:`cnn_jax.data.loader.TrainBatches`); returns the final state.
 
     Raises:
       Preempted: ``stop`` recorded a signal; the step reached is saved first.
@@ -651,31 +682,32 @@ class _Loop:
     """
     c, spe = self.config, self.run.steps_per_epoch
     total_steps = spe * c.num_epochs
-    ckpt_every = c.checkpoint_every_steps or spe
     self.pbar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step",
                           dynamic_ncols=True,
                           disable=not (jax.process_index() == 0 and c.progress_bar))
-    self.pending, self.step_log, t_log = [], start_step, time.time()
+    self.pending, self.step_log, self.t_log = [], start_step, time.time()
     self.saved_step = mngr.latest_step()
-    for step, images, labels in train_batches(c, self.ds, start_step, spe, self.batch_sh):
+
+    def log(done, state):
+      self.t_log = self._log_train(done, self.t_log, state, mngr)
+
+    # In this order after each step; the last step's evaluation and save are the caller's.
+    actions = [
+        Every(1, lambda done, state: self.pbar.update(1)),
+        Every(c.log_every_steps, log, also=(total_steps,)),
+        Every(spe * c.eval_every_epochs, lambda done, state: self._evaluate_and_print(
+            done, state, mngr), skip=(total_steps,)),
+        Every(c.checkpoint_every_steps or spe,
+              lambda done, state: self.save(mngr, done, state, batches.state()),
+              skip=(total_steps,)),
+    ]
+    for step, images, labels in batches:
       state, metrics = self.train_step(state, images, labels)
       self.pending.append(metrics)
-      done = step + 1
-      self.pbar.update(1)
-      if done % c.log_every_steps == 0 or done == total_steps:
-        t_log = self._log_train(done, t_log, state, mngr)
-      if done % spe == 0 and (done // spe) % c.eval_every_epochs == 0 and done != total_steps:
-        self._check(done, state, mngr, "evaluated")  # and then saved: fail before both
-        rec = self.evaluate(state, done)
-        self.pbar.write(f"epoch {done // spe}: test_accuracy {rec['test_accuracy']:.4f} "
-                        f"test_loss {rec['test_loss']:.4f}" + (
-                            f" ema_test_accuracy {rec['ema_test_accuracy']:.4f}"
-                            if "ema_test_accuracy" in rec else ""))
-        t_log += rec["eval_s"]  # keep evaluation out of the training images/s
-      if done % ckpt_every == 0 and done != total_steps:
-        self.save(mngr, done, state)
+      for action in actions:
+        action(step + 1, state)
       if stop.signum is not None:
-        self._preempt(mngr, done, state, stop.signum, t_log)
+        self._preempt(mngr, step + 1, state, stop.signum, self.t_log, batches.state())
     self.pbar.close()
     return state
 

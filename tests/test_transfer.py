@@ -21,6 +21,7 @@ import pytest
 
 from cnn_jax import checkpoint, evaluate, models, optim, steps, train, transfer
 from cnn_jax import data as cnn_data
+from cnn_jax.data import loader as data_loader
 from cnn_jax.checkpoint import key_path_str
 from cnn_jax.config import base_config, load_config_file, validate
 
@@ -48,7 +49,9 @@ DATASETS = {"source10": _dataset(10, 0), "target5": _dataset(5, 1), "target10": 
 @pytest.fixture(scope="module", autouse=True)
 def _synthetic_data():
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(cnn_data, "load", lambda data_config: DATASETS[data_config.name])
+    fake = lambda data_config: DATASETS[data_config.name]
+    mp.setattr(cnn_data, "load", fake)
+    mp.setattr(data_loader, "load", fake)  # the in-memory loader's own reference
     yield
 
 
@@ -57,6 +60,7 @@ def _config(data_name, num_epochs=2, init_from="", mode="finetune", head=()):
   c.model.name = "cifar10_cnn"
   c.model.kwargs.widths = (8, 8, 8)
   c.data.name = data_name
+  c.data.loader = "memory"  # 'auto' would look the synthetic names up in the datasets table
   c.batch_size, c.eval_batch_size, c.num_epochs = 32, 16, num_epochs
   c.optim.warmup_epochs = 0.0
   c.log_every_steps = 2

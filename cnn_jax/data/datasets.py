@@ -20,19 +20,57 @@ from cnn_jax.data.image_folder import DataError
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-  """Static facts of a dataset. ``tfds_name`` is ``None`` for folder-only datasets."""
+  """Static facts of a dataset. ``tfds_name`` is ``None`` for folder-only datasets.
+
+  Attributes:
+    num_classes: class count.
+    image_shape: ``(H, W, C)`` of the stored images (fixed-size datasets), or of the model
+      input by default for datasets of any image size (``variable_size``).
+    train_split, test_split: split folder names of the image folder (and TFDS split names
+      unless ``tfds_test_split`` is set).
+    tfds_name: TFDS name, ``None`` for folder-only datasets.
+    tfds_test_split: TFDS name of the test split when it differs (``'validation'``).
+    num_examples: ``(train, test)`` counts of the TFDS splits, for the loader choice
+      (``data.loader = 'auto'``) before anything is read; ``None`` when unknown.
+    mean, std: published per-channel statistics in 0-255 units, used instead of a pass over
+      the training images (ImageNet's); ``None``: computed from the training images.
+    variable_size: images come in any size (ImageNet): only ``data.augment = 'inception'``
+      (which crops to ``image_shape``) can read them.
+  """
   num_classes: int
   image_shape: tuple[int, int, int]
   train_split: str = "train"
   test_split: str = "test"
   tfds_name: str | None = None
+  tfds_test_split: str | None = None
+  num_examples: tuple[int, int] | None = None
+  mean: tuple[float, float, float] | None = None
+  std: tuple[float, float, float] | None = None
+  variable_size: bool = False
 
+
+# The ImageNet statistics every reference pipeline uses (torchvision, timm, the Flax
+# ImageNet example's MEAN_RGB / STDDEV_RGB), 0-255 units.
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 # Grep here for every dataset name the configs may use (config key data.name).
 DATASETS: dict[str, DatasetInfo] = {
-    "cifar10": DatasetInfo(10, (32, 32, 3), "train", "test", tfds_name="cifar10"),
-    "cifar100": DatasetInfo(100, (32, 32, 3), "train", "test", tfds_name="cifar100"),
+    "cifar10": DatasetInfo(10, (32, 32, 3), "train", "test", tfds_name="cifar10",
+                           num_examples=(50_000, 10_000)),
+    "cifar100": DatasetInfo(100, (32, 32, 3), "train", "test", tfds_name="cifar100",
+                            num_examples=(50_000, 10_000)),
     "tiny_imagenet_10": DatasetInfo(10, (64, 64, 3), "train", "val"),
+    # ILSVRC-2012 (Russakovsky et al. 2015): TFDS 'imagenet2012' (manual download) or a
+    # folder <dir>/{train,val}/<wnid>/*.JPEG.
+    "imagenet2012": DatasetInfo(1000, (224, 224, 3), "train", "val", tfds_name="imagenet2012",
+                                tfds_test_split="validation",
+                                num_examples=(1_281_167, 50_000), mean=IMAGENET_MEAN,
+                                std=IMAGENET_STD, variable_size=True),
+    # Imagenette (fast.ai): 10 easy ImageNet classes; TFDS 'imagenette' or a folder.
+    "imagenette": DatasetInfo(10, (224, 224, 3), "train", "val", tfds_name="imagenette",
+                              tfds_test_split="validation", num_examples=(9_469, 3_925),
+                              mean=IMAGENET_MEAN, std=IMAGENET_STD, variable_size=True),
 }
 
 
@@ -59,9 +97,26 @@ class Dataset:
   source: str
   report: dict = dataclasses.field(default_factory=dict)
 
+  loader = "memory"
+
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
+
+  @property
+  def num_train(self) -> int:
+    """Training examples."""
+    return len(self.train_labels)
+
+  @property
+  def num_test(self) -> int:
+    """Test examples."""
+    return len(self.test_labels)
+
+  @property
+  def input_shape(self) -> tuple[int, int, int]:
+    """``(H, W, C)`` of one model input."""
+    return tuple(self.train_images.shape[1:])
 
 
 def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -116,6 +171,10 @@ def load(data_config) -> Dataset:
     raise KeyError(f"unknown dataset {name!r} (config key data.name); known: "
                    f"{sorted(DATASETS)}.{hint}")
   info = DATASETS[name]
+  if info.variable_size:
+    raise DataError(f"dataset {name!r} has images of many sizes, which the in-memory loader "
+                    f"cannot hold: set config keys data.loader = 'grain' and data.augment = "
+                    f"'inception'")
   if data_config.dir:
     root = pathlib.Path(data_config.dir).expanduser()
     classes = image_folder.class_names(root, info.train_split)
@@ -136,7 +195,7 @@ def load(data_config) -> Dataset:
       raise DataError(f"dataset {name!r} has no TFDS source: set config key data.dir to its "
                       f"image folder")
     tr = tfds_source.load_split(info.tfds_name, info.train_split)
-    te = tfds_source.load_split(info.tfds_name, info.test_split)
+    te = tfds_source.load_split(info.tfds_name, info.tfds_test_split or info.test_split)
     classes = [str(i) for i in range(info.num_classes)]
     source, report = f"tfds:{info.tfds_name}", {}
   for split, (x, _) in (("train", tr), ("test", te)):
