@@ -327,6 +327,7 @@ def test_alternating_flip_shows_each_image_mirrored_once_per_two_epochs(
   assert set(mirrored.values()) == {1}
 
 
+@pytest.mark.slow  # CI time; the EMA update itself: test_weight_ema_follows_the_warmed_up_decay
 def test_ema_run_logs_and_restores_the_average(cifar10_dir, cache_dir, tmp_path):
   """ema_decay > 0: each evaluation also scores the average; the checkpoint holds it."""
   cfg = tiny_config("cifar10_cnn", cifar10_dir, cache_dir, num_train=64, num_test=50,

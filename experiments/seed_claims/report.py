@@ -152,11 +152,12 @@ def build(out_dir: pathlib.Path = HERE) -> list[dict]:
   return results
 
 
-def check(out_dir: pathlib.Path = HERE) -> list[str]:
+def check(out_dir: pathlib.Path = HERE, rendered: dict[str, bytes] | None = None) -> list[str]:
   """Names of the files in ``out_dir`` that are missing or differ from a fresh rebuild
-  (empty when everything is up to date)."""
+  (empty when everything is up to date); ``rendered``: that rebuild (:func:`render`'s
+  output) when the caller already has it, else it is rendered here."""
   stale = []
-  for name, data in render().items():
+  for name, data in (rendered if rendered is not None else render()).items():
     path = pathlib.Path(out_dir) / name
     if not path.is_file() or path.read_bytes() != data:
       stale.append(name)
