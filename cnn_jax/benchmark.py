@@ -107,11 +107,12 @@ def machine_tag(m: dict) -> str:
 # ---------------------------------------------------------------- the JAX child
 
 
-def _windows(fn, windows: int, steps_per_window: int | None, warmup: int = 3,
-             target_s: float = 2.0):
+def time_windows(fn, windows: int, steps_per_window: int | None, warmup: int = 3,
+                 target_s: float = 2.0):
   """``warmup`` calls of ``fn`` (each returns something to block on), then ``windows`` timed
-  windows of ``steps_per_window`` calls (None: about ``target_s`` seconds per window, from the
-  last warm-up call). Returns (seconds per window, steps per window)."""
+  windows of ``steps_per_window`` calls, dispatched back to back and blocked on once at the
+  window's end (None: about ``target_s`` seconds per window, from the last warm-up call).
+  Returns (seconds per window, a list of ``windows`` floats; steps per window, an int)."""
   import jax  # pylint: disable=g-import-not-at-top
   last = 0.0
   for _ in range(warmup):
@@ -145,7 +146,9 @@ def _compiled_steps(spec: dict):
   materialize = (spec["materialize"] == "on"
                  or (spec["materialize"] == "auto" and jax.default_backend() == "cpu"))
   cfg = base_config()
-  model = models.create(spec["model"], num_classes=nc, dtype=dtype)
+  cfg.optim.update(spec.get("optim") or {})
+  model = models.create(spec["model"], num_classes=nc, dtype=dtype,
+                        **(spec.get("model_kwargs") or {}))
   tx, _ = optim.create_optimizer(cfg.optim, max(1, 50_000 // batch), cfg.num_epochs)
   state = steps.init_state(model, tx, jax.random.key(cfg.seed), (h, w, c))
   n_params = models.count_params(state.params, None)
@@ -177,12 +180,34 @@ def _compiled_steps(spec: dict):
           eval_compile)
 
 
+def compiled_flops(compiled) -> float:
+  """FLOPs of one call of a compiled XLA executable (``jax.stages.Compiled``) by XLA's
+  ``cost_analysis()`` (its ``'flops'`` entry: a multiply-add counts 2); 0.0 where the backend
+  gives no analysis."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", 0.0))
+
+
+def temp_mib(compiled) -> float | None:
+  """XLA's temporary-buffer size of a compiled executable in MiB (``memory_analysis()``),
+  ``None`` where the backend does not give it."""
+  try:
+    return compiled.memory_analysis().temp_size_in_bytes / 2**20
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
 def run_jax(spec: dict) -> dict:
   """The JAX measurement (runs in the child process; see the module docstring). ``spec``:
   ``model``, ``batch``, ``input`` [H, W, C], ``dtype``, ``windows``, ``steps_per_window``
   (None = auto), ``materialize`` ('auto', 'on', 'off'), ``num_classes``, ``convs``
-  ('project' or 'xla', see ``--convs``). Returns a JSON-ready
-  dict of the measurements."""
+  ('project' or 'xla', see ``--convs``); optional ``model_kwargs`` (extra keyword arguments
+  of the model constructor, as config key ``model.kwargs``) and ``optim`` (overrides of
+  :func:`cnn_jax.config.base_config`'s ``optim`` section, e.g. ``{'name': 'adamw'}``).
+  Returns a JSON-ready dict of the measurements: images/s (medians and per window), GFLOP per
+  step and GFLOP/s (XLA ``cost_analysis``), compile seconds, MiB, versions and device."""
   import resource  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jaxlib  # pylint: disable=g-import-not-at-top
@@ -190,18 +215,6 @@ def run_jax(spec: dict) -> dict:
   batch, (h, w, c) = spec["batch"], spec["input"]
   (train_c, eval_c, state, (x, y, mask), n_params, materialize, train_compile,
    eval_compile) = _compiled_steps(spec)
-
-  def flops(compiled):
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
-      cost = cost[0] if cost else {}
-    return float((cost or {}).get("flops", 0.0))
-
-  def temp_mib(compiled):
-    try:
-      return compiled.memory_analysis().temp_size_in_bytes / 2**20
-    except Exception:  # pylint: disable=broad-except
-      return None  # not available on this backend
 
   holder = [state]
 
@@ -212,11 +225,11 @@ def run_jax(spec: dict) -> dict:
   def one_eval():
     return eval_c(holder[0], x, y, mask)["loss_sum"]
 
-  train_s, n_train = _windows(one_train, spec["windows"], spec["steps_per_window"])
-  eval_s, n_eval = _windows(one_eval, spec["windows"], spec["steps_per_window"])
+  train_s, n_train = time_windows(one_train, spec["windows"], spec["steps_per_window"])
+  eval_s, n_eval = time_windows(one_eval, spec["windows"], spec["steps_per_window"])
   train_ips = [batch * n_train / s for s in train_s]
   eval_ips = [batch * n_eval / s for s in eval_s]
-  train_flop, eval_flop = flops(train_c), flops(eval_c)
+  train_flop, eval_flop = compiled_flops(train_c), compiled_flops(eval_c)
   med_train, med_eval = statistics.median(train_ips), statistics.median(eval_ips)
   return {
       "framework": "jax", "model": spec["model"], "batch": batch, "input": [h, w, c],
@@ -235,6 +248,7 @@ def run_jax(spec: dict) -> dict:
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "ld_preload": os.environ.get("LD_PRELOAD", ""), "jax": jax.__version__,
       "jaxlib": jaxlib.__version__, "backend": jax.default_backend(),
+      "device_kind": jax.devices()[0].device_kind,
   }
 
 
@@ -267,7 +281,52 @@ def child_env(tcmalloc: bool = True, environ=None) -> dict:
   return env
 
 
-def _run_child(cmd: list[str], env: dict, what: str) -> dict:
+def jax_child_cmd(spec: dict) -> list[str]:
+  """The command line of a JAX child that runs :func:`run_jax` ``(spec)`` and prints its
+  result on a line starting :data:`RESULT_PREFIX` (read by :func:`run_child`)."""
+  return [sys.executable, "-m", "cnn_jax.benchmark", _CHILD_ARG, json.dumps(spec)]
+
+
+def torch_child_cmd(model: str, batch: int, input_shape, dtype: str, num_classes: int,
+                    windows: int, threads: int, expect_params: int,
+                    steps_per_window: int | None = None) -> list[str]:
+  """The command line of a PyTorch child (``benchmarks/torch_twins.py``) timing ``model``'s
+  twin; it exits 3 when the twin's parameter count differs from ``expect_params``."""
+  cmd = [sys.executable, str(TORCH_TWINS), "--model", model, "--batch", str(batch),
+         "--input", "x".join(map(str, input_shape)), "--dtype", dtype,
+         "--num-classes", str(num_classes), "--windows", str(windows),
+         "--threads", str(threads), "--expect-params", str(expect_params)]
+  if steps_per_window:
+    cmd += ["--steps-per-window", str(steps_per_window)]
+  return cmd
+
+
+def torch_twin_names(env: dict | None = None) -> list[str] | None:
+  """The models that have a PyTorch twin in ``benchmarks/torch_twins.py`` (its ``TWINS``),
+  read in a child process so that this one never imports torch; ``None`` when PyTorch is not
+  installed or the file is missing.
+
+  Raises:
+    SystemExit: the child failed for another reason (its last lines).
+  """
+  if importlib.util.find_spec("torch") is None or not TORCH_TWINS.is_file():
+    return None
+  code = ("import importlib.util, json, sys; "
+          "s = importlib.util.spec_from_file_location('torch_twins', sys.argv[1]); "
+          "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); "
+          f"print({RESULT_PREFIX!r} + json.dumps(sorted(m.TWINS)))")
+  return run_child([sys.executable, "-c", code, str(TORCH_TWINS)],
+                   env if env is not None else dict(os.environ), "torch twin list")
+
+
+def run_child(cmd: list[str], env: dict, what: str):
+  """Runs ``cmd`` with ``env`` and returns the JSON value of its last line starting
+  :data:`RESULT_PREFIX`.
+
+  Raises:
+    SystemExit: the child exited non-zero (with the last 15 lines of its stderr) or printed
+      no result.
+  """
   out = subprocess.run(cmd, env=env, capture_output=True, text=True)
   if out.returncode != 0:
     tail = "\n".join((out.stderr or out.stdout).strip().splitlines()[-15:])
@@ -416,14 +475,10 @@ def main(argv=None) -> int:
         f"convs {a.convs}, "
         f"LD_PRELOAD={env.get('LD_PRELOAD', '')!r}, {a.windows} windows of "
         f"{a.steps_per_window or '~2 s of'} steps, {rounds} round(s)  {tag}", flush=True)
-  torch_cmd = [sys.executable, str(TORCH_TWINS), "--model", a.model, "--batch", str(a.batch),
-               "--input", shape, "--dtype", a.dtype, "--num-classes", str(a.num_classes),
-               "--windows", str(a.windows), "--threads", str(a.torch_threads),
-               "--expect-params", str(n_jax)]
-  if a.steps_per_window:
-    torch_cmd += ["--steps-per-window", str(a.steps_per_window)]
+  torch_cmd = torch_child_cmd(a.model, a.batch, a.input, a.dtype, a.num_classes, a.windows,
+                              a.torch_threads, n_jax, a.steps_per_window)
   if a.compare_torch:
-    n_torch = _run_child(torch_cmd + ["--check"], env, "torch twin check")["n_params"]
+    n_torch = run_child(torch_cmd + ["--check"], env, "torch twin check")["n_params"]
     print(f"parameters: JAX {n_jax:,} = PyTorch twin {n_torch:,}  {tag}", flush=True)
   else:
     print(f"parameters: JAX {n_jax:,}  {tag}", flush=True)
@@ -431,14 +486,14 @@ def main(argv=None) -> int:
   spec = dict(model=a.model, batch=a.batch, input=list(a.input), dtype=a.dtype,
               windows=a.windows, steps_per_window=a.steps_per_window,
               materialize=a.materialize, num_classes=a.num_classes, convs=a.convs)
-  jax_cmd = [sys.executable, "-m", "cnn_jax.benchmark", _CHILD_ARG, json.dumps(spec)]
+  jax_cmd = jax_child_cmd(spec)
   results = {"jax": [], "torch": []}
   for r in range(rounds):
-    res = _run_child(jax_cmd, env, "JAX")
+    res = run_child(jax_cmd, env, "JAX")
     results["jax"].append(res)
     print(f"jax   round {r + 1}/{rounds}: {format_jax(res)}  {tag}", flush=True)
     if a.compare_torch:
-      res = _run_child(torch_cmd, env, "torch")
+      res = run_child(torch_cmd, env, "torch")
       results["torch"].append(res)
       print(f"torch round {r + 1}/{rounds}: {format_torch(res)}  {tag}", flush=True)
 
