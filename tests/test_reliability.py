@@ -507,6 +507,7 @@ def _run_cli(config_path, workdir, log, kill_when=None, timeout=300) -> int:
       proc.kill()
 
 
+@pytest.mark.slow  # CI time (~90 s); bit-identical resume stays in CI via the SIGINT test
 def test_sigkill_anywhere_then_rerun_ends_bit_identical_with_one_record_per_step(
     cifar10_dir, tmp_path):
   """The command line killed with SIGKILL (no handler runs) before its first checkpoint,
