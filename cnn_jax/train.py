@@ -157,9 +157,6 @@ def first_nonfinite_leaf(trees: dict) -> str | None:
   return None
 
 
-epoch_permutation = loader.epoch_permutation  # the training order (cnn_jax/data/loader.py)
-
-
 class Every:
   """A periodic action of the train loop: ``action(step, state)`` calls ``fn(step, state)``
   when ``step % every == 0`` (``every`` in steps, ``0`` = never) or ``step in also``, unless

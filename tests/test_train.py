@@ -16,7 +16,7 @@ import pytest
 from cnn_jax import evaluate as cnn_evaluate
 from cnn_jax import models, optim, provenance, report, steps, train, xla_cpu
 from cnn_jax.config import base_config
-from cnn_jax.data import DataError
+from cnn_jax.data import DataError, loader
 from cnn_jax.metric_writer import read_jsonl
 from tests.conftest import tiny_config
 
@@ -151,9 +151,9 @@ def test_evaluation_counts_every_example_once():
 
 
 def test_epoch_permutation_is_fresh_and_reproducible():
-  a, b = train.epoch_permutation(0, 0, 100), train.epoch_permutation(0, 1, 100)
+  a, b = loader.epoch_permutation(0, 0, 100), loader.epoch_permutation(0, 1, 100)
   assert sorted(a) == list(range(100)) and not np.array_equal(a, b)
-  np.testing.assert_array_equal(a, train.epoch_permutation(0, 0, 100))
+  np.testing.assert_array_equal(a, loader.epoch_permutation(0, 0, 100))
 
 
 def _tensorboard_scalars(logdir) -> dict:

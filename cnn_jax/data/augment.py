@@ -68,7 +68,7 @@ def train_augment(key: jax.Array, images: jax.Array, *, crop_pad: int = 4,
 def first_epoch_flips(seed: int, n: int) -> np.ndarray:
   """Which of ``n`` training examples alternating flip mirrors in epoch 0: ``(n,)`` bool,
   a random half-on-average, a pure function of ``seed`` (a stream apart from the epoch
-  permutations of :func:`cnn_jax.train.epoch_permutation`, whose keys are below 2**32)."""
+  permutations of :func:`cnn_jax.data.loader.epoch_permutation`, whose keys are below 2**32)."""
   return np.random.default_rng([seed, 1 << 32]).random(n) < 0.5
 
 

@@ -37,7 +37,7 @@ from typing import Iterator
 
 import numpy as np
 
-from cnn_jax.data import augment, image_folder, imagenet_augment
+from cnn_jax.data import augment, image_folder, imagenet_augment, loader
 from cnn_jax.data.datasets import DATASETS, DatasetInfo
 from cnn_jax.data.image_folder import DataError
 
@@ -186,8 +186,7 @@ class _TrainExample:
   def _order(self, epoch: int) -> np.ndarray:
     cached_epoch, perm = self._perm
     if cached_epoch != epoch:
-      # The in-memory loader's order (cnn_jax.data.loader.epoch_permutation).
-      perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.source))
+      perm = loader.epoch_permutation(self.seed, epoch, len(self.source))  # memory's order
       self._perm = (epoch, perm)
     return perm
 
