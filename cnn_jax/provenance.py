@@ -43,6 +43,16 @@ def parse_porcelain_z(status: str) -> list[str]:
   return paths
 
 
+def git_state() -> dict:
+  """``{'commit': 40-hex SHA of HEAD or None outside a git checkout, 'dirty_files': the
+  repository paths of tracked files that differ from it ([] when clean), or None outside
+  git}``, from read-only git commands."""
+  commit = _git("rev-parse", "HEAD")
+  status = _git("status", "--porcelain", "-z", "--untracked-files=no") if commit else None
+  return {"commit": commit,
+          "dirty_files": None if status is None else parse_porcelain_z(status)}
+
+
 def cpu_model() -> str:
   """The CPU's model name from ``/proc/cpuinfo`` (Linux), else ``platform.processor()``."""
   try:
@@ -68,16 +78,15 @@ def run_provenance() -> dict:
   CPU step times, see docs/performance.md).
   """
   import jaxlib  # pylint: disable=g-import-not-at-top
-  commit = _git("rev-parse", "HEAD")
-  status = _git("status", "--porcelain", "-z", "--untracked-files=no") if commit else None
-  dirty_files = None if status is None else parse_porcelain_z(status)
+  git = git_state()
+  dirty_files = git["dirty_files"]
   try:
     n_cpu = len(os.sched_getaffinity(0))
   except AttributeError:  # not Linux
     n_cpu = os.cpu_count()
   return {
-      "git_commit": commit,
-      "git_dirty": None if status is None else bool(status),
+      "git_commit": git["commit"],
+      "git_dirty": None if dirty_files is None else bool(dirty_files),
       "git_dirty_files": dirty_files,
       "jax": jax.__version__,
       "jaxlib": jaxlib.__version__,

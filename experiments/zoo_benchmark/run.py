@@ -152,17 +152,6 @@ def lscpu(text: str | None = None) -> dict:
           "threads_per_core": as_int("Thread(s) per core")}
 
 
-def git_state() -> dict:
-  """``{'commit' (40 hex or None), 'dirty_files' (tracked files that differ, or None)}``
-  from read-only git commands."""
-  from cnn_jax import provenance  # pylint: disable=g-import-not-at-top
-  git = provenance._git  # pylint: disable=protected-access
-  commit = git("rev-parse", "HEAD")
-  status = git("status", "--porcelain", "-z", "--untracked-files=no") if commit else None
-  return {"commit": commit,
-          "dirty_files": None if status is None else provenance.parse_porcelain_z(status)}
-
-
 # ---------------------------------------------------------------- rows and files
 
 
@@ -343,6 +332,8 @@ def main(argv=None) -> int:
     print(benchmark.RESULT_PREFIX + json.dumps(run_peak(json.loads(argv[1]))), flush=True)
     return 0
   t0 = time.time()
+  # Here, not at the top: the parent stays free of jax (which provenance imports).
+  from cnn_jax import provenance  # pylint: disable=g-import-not-at-top
   models = zoo()
   ap = _arg_parser(list(models))
   a = ap.parse_args(argv)
@@ -364,7 +355,7 @@ def main(argv=None) -> int:
   meta = {
       "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "finished": None, "complete": False, "wall_s": 0.0, "n_models": 0,
-      "argv": argv, "machine": mach, "lscpu": lscpu(), "git": git_state(),
+      "argv": argv, "machine": mach, "lscpu": lscpu(), "git": provenance.git_state(),
       "python": sys.version.split()[0], "xla_flags": env.get("XLA_FLAGS", ""),
       "ld_preload": env.get("LD_PRELOAD", ""), "load_start": list(os.getloadavg()),
       "load_end": list(os.getloadavg()), "torch_twins": twins,
