@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cnn_jax import steps
+
 # The reference's hyperparameters (airbench94.py ``hyp``).
 REF_LR = 11.5  # per 1024 examples, decoupled from momentum
 REF_MOMENTUM = 0.85
@@ -245,9 +247,10 @@ def lookahead_step(weights, state: LookaheadState, step, *, steps_per_epoch: int
   sync = (epoch >= start_epochs) & (step % every_n_steps == 0)
   first, update = sync & ~state.active, sync & state.active
   rho = lookahead_decay(step, total_steps, every_n_steps, decay_base, decay_pow)
+  averaged = steps.update_ema(state.slow, weights, rho)  # rho * slow + (1 - rho) * weights
   slow = jax.tree.map(
-      lambda s, w: jnp.where(first, w, jnp.where(update, (rho * s + (1 - rho) * w).astype(s.dtype),
-                                                 s)), state.slow, weights)
+      lambda s, a, w: jnp.where(first, w, jnp.where(update, a.astype(s.dtype), s)),
+      state.slow, averaged, weights)
   active = state.active | sync
   epoch_end = (step % steps_per_epoch == 0) | (step == total_steps)
   pull = update | (active & epoch_end)
