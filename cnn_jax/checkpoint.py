@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import zlib
 from typing import Any, Sequence
 
@@ -166,6 +167,25 @@ def _first_line(e: BaseException, limit: int = 200) -> str:
   return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
+# TensorStore names the array it failed on by its OCDBT key: "params.Conv_0.kernel/0.0.0.0".
+_TS_KEY = re.compile(r'Error reading "([^"/]+)/')
+
+
+def _unreadable(e: BaseException) -> str:
+  """Why a checkpoint's arrays cannot be read: the array TensorStore names (as a
+  ``params/Conv_0/kernel`` path) and the innermost error, whose first line says what
+  (``ZSTD_decompressStream() failed``, a short read); orbax wraps it in a bare ``Exception``."""
+  chain = [e]
+  while chain[-1].__cause__ is not None and len(chain) < 16:
+    chain.append(chain[-1].__cause__)
+  for x in chain:
+    found = _TS_KEY.search(str(x))
+    if found:
+      return (f"its arrays cannot be read ({found.group(1).replace('.', '/')}: "
+              f"{_first_line(chain[-1])})")
+  return f"its arrays cannot be read ({_first_line(e)})"
+
+
 def _is_transient(e: BaseException) -> bool:
   """Errors that say nothing about the files (out of memory): not a damaged checkpoint."""
   return isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in str(e)
@@ -218,7 +238,7 @@ def _restore_step(mngr: ocp.CheckpointManager, step: int, abstract_state,
   except Exception as e:  # TensorStore reports a truncated file as a bare Exception
     if _is_transient(e):
       raise
-    raise _Damaged(f"its arrays cannot be read ({_first_line(e)})") from e
+    raise _Damaged(_unreadable(e)) from e
   _verify(state, sums)
   return state
 
@@ -424,7 +444,7 @@ def restore_variables(workdir: str | pathlib.Path, fresh: dict,
     except Exception as e:  # TensorStore reports a truncated file as a bare Exception
       if _is_transient(e):
         raise
-      raise damaged(f"its arrays cannot be read ({_first_line(e)})") from e
+      raise damaged(_unreadable(e)) from e
     got = flax.traverse_util.flatten_dict(restored)
     try:
       _verify({"/".join(k): v for k, v in got.items()}, sums)
