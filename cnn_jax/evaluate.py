@@ -7,6 +7,14 @@ one JSON line: ``workdir``, ``step``, ``test_accuracy`` (fraction), ``test_loss`
 ``config.json`` (as timm's ``validate.py`` does from a checkpoint), so a finished run can be
 re-scored without training. :func:`restore_run` (the rebuild and restore alone) is shared
 with the analyses of :mod:`cnn_jax.analysis` that look at a trained run.
+
+The data comes through the trainer's own data layer (:func:`cnn_jax.data.loader.open_data`,
+config key ``data.loader``: the in-memory or the Grain loader) and is scored on the same
+test batches as the run's evaluations (``eval_batches(eval_batch_size)``, what
+``cnn_jax.train._Loop.evaluate`` scores), so that a re-scored checkpoint gives the run's
+logged ``test_accuracy`` whichever loader trained it; with ``data.augment = 'inception'``
+that is the resized center crop of each test image
+(:func:`cnn_jax.data.imagenet_augment.center_crop`), not the decoded image.
 """
 
 from __future__ import annotations
@@ -20,9 +28,10 @@ from typing import Any, NamedTuple
 import jax
 import ml_collections
 
-from cnn_jax import checkpoint, data, parallel, provenance, steps, xla_cpu
+from cnn_jax import checkpoint, parallel, provenance, steps, xla_cpu
 from cnn_jax.config import from_json, validate
-from cnn_jax.train import RunSetup, build_run, evaluate
+from cnn_jax.data import loader
+from cnn_jax.train import RunSetup, build_run, evaluate_batches
 
 
 class RestoredRun(NamedTuple):
@@ -30,13 +39,18 @@ class RestoredRun(NamedTuple):
 
   Attributes:
     config: the run's config (``config.json``, validated).
-    ds: its data (:func:`cnn_jax.data.load` of ``config.data``).
+    ds: its data as the trainer opened it (:func:`cnn_jax.data.loader.open_data` of
+      ``config.data`` and ``config.seed``): a :class:`cnn_jax.data.loader.MemoryData`
+      (which forwards a :class:`cnn_jax.data.Dataset`'s arrays) or the Grain loader; both
+      have ``eval_batches``, ``test_images`` (uint8 ``(N, H, W, C)``, for the Grain loader
+      the evaluation view, decoded on first use), ``test_labels`` (int32 ``(N,)``),
+      ``mean``/``std`` (float32 ``(C,)``, 0-255 units), ``class_names`` and ``loader``.
     run: :func:`cnn_jax.train.build_run` of both (model, optimizer, ``step_kwargs``, ...).
     state: the newest checkpoint's train state, replicated over ``repl``.
     repl, batch_sharding: the replicated and batch-sharded shardings of the data mesh.
   """
   config: ml_collections.ConfigDict
-  ds: data.Dataset
+  ds: Any  # loader.MemoryData or the Grain loader of loader.open_data
   run: RunSetup
   state: steps.TrainState
   repl: Any
@@ -68,23 +82,39 @@ def restore_run(workdir: str | pathlib.Path, *, data_dir: str | None = None,
                 config: ml_collections.ConfigDict | None = None) -> RestoredRun:
   """Rebuilds the run in ``workdir`` from its ``config.json`` and restores its newest checkpoint.
 
+  The data is opened as :func:`cnn_jax.train.train_and_evaluate` opens it
+  (:func:`cnn_jax.data.loader.open_data`: the loader of config key ``data.loader``), so the
+  model's input shape, class count and mean/std are the run's own for either loader. Only
+  the train state is read (checkpoint item ``default``); the Grain loader's iterator state
+  (item ``data_iter``), which scoring does not need, is left unread. Nothing in ``workdir``
+  is written or moved.
+
   Args:
     workdir: a ``cnn_jax.train`` workdir (``config.json`` and ``checkpoints/``).
     data_dir: overrides the config's ``data.dir`` (unused when ``config`` is given).
     config: the run's config if already read with :func:`load_run_config`.
 
+  Returns:
+    A :class:`RestoredRun`; its ``state`` is replicated over the devices of
+    :func:`cnn_jax.parallel.data_mesh`.
+
   Raises:
     FileNotFoundError: no ``config.json``, no ``checkpoints/`` or no checkpoint in it.
-    KeyError / ValueError: the config does not validate; cnn_jax.data.DataError: bad data.
+    KeyError / ValueError: the config does not validate, or the checkpoint does not fit the
+      model it builds (names the array path and both shapes);
+      cnn_jax.checkpoint.DamagedCheckpointError: every checkpoint is damaged;
+      cnn_jax.data.DataError: bad data (names the folder or file).
   """
   workdir = pathlib.Path(workdir)
   if config is None:
     config = load_run_config(workdir, data_dir)
-  ds = data.load(config.data)
+  ds = loader.open_data(config.data, config.seed)
   mesh = parallel.data_mesh()
   repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   # The whole train state, optimizer state included, is what the checkpoint holds.
   run = build_run(config, ds, repl)
+  # A single-item manager reads <step>/default whatever else the step holds: a Grain run's
+  # data_iter item would need Grain's handler and the process count that wrote it.
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
   try:
     # Read-only: a damaged newest checkpoint is skipped (one line), not moved.
@@ -109,13 +139,22 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, *, flip_tta: bool = False,
       ``ema_decay > 0`` keeps, instead of the weights.
     data_dir: overrides the config's ``data.dir`` (e.g. the run was made on another machine).
 
+  The test set is read through the run's loader in the run's evaluation batches
+  (``config.eval_batch_size``, the last one padded and masked), exactly as the trainer's
+  evaluations read it, so without ``flip_tta`` the result is the run's logged final
+  ``test_accuracy`` (and ``ema_test_accuracy`` with ``ema``), for the in-memory and the
+  Grain loader alike.
+
   Returns:
-    ``{'step', 'test_accuracy', 'test_loss', 'test_count', 'flip_tta', 'ema'}``.
+    ``{'step': int (train steps of the checkpoint), 'test_accuracy': float (fraction of
+    the test images whose top-1 class is right), 'test_loss': float (mean cross-entropy,
+    nats), 'test_count': int (test images scored), 'flip_tta': bool, 'ema': bool}``.
 
   Raises:
     FileNotFoundError: no ``config.json`` or no checkpoint in ``workdir``.
     KeyError / ValueError: the config does not validate; ``ema=True`` for a run trained
-      without EMA; cnn_jax.data.DataError: bad data.
+      without EMA; config key ``eval_batch_size`` does not divide by this machine's device
+      count; cnn_jax.data.DataError: bad data.
   """
   config = load_run_config(workdir, data_dir)
   if ema and not config.ema_decay:
@@ -124,10 +163,12 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, *, flip_tta: bool = False,
                      f"the weights to evaluate")
   r = restore_run(workdir, config=config)
   run, state = r.run, r.state
+  parallel.check_batch_size(config.eval_batch_size, r.batch_sharding.mesh, "eval_batch_size")
   eval_step = jax.jit(steps.make_eval_step(run.model, **run.step_kwargs, flip_tta=flip_tta,
                                            ema=ema), out_shardings=r.repl)
-  rec = evaluate(eval_step, state, r.ds.test_images, r.ds.test_labels, config.eval_batch_size,
-                 r.batch_sharding)
+  # The trainer's evaluation (cnn_jax.train._Loop.evaluate): the loader's test batches.
+  rec = evaluate_batches(eval_step, state,
+                         r.ds.eval_batches(config.eval_batch_size, r.batch_sharding))
   return {"step": int(parallel.to_host(state.step)), **rec, "flip_tta": flip_tta, "ema": ema}
 
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cnn_jax.data import Dataset, augment
+from cnn_jax.data import augment
 from cnn_jax.data.image_folder import decode_images
 
 
@@ -36,7 +36,10 @@ class LoadedRun:
   Attributes:
     workdir: the run folder.
     config: its config (``config.json``).
-    ds: its data (uint8 NHWC images, labels, class names, mean/std in 0-255 units).
+    ds: its data as the trainer opened it (:func:`cnn_jax.data.loader.open_data`: the
+      in-memory or the Grain loader): ``test_images`` uint8 ``(N, H, W, C)`` as the model
+      sees them in evaluation, ``test_labels`` int32 ``(N,)``, ``class_names``,
+      ``mean``/``std`` float32 ``(C,)`` in 0-255 units.
     model: the unbound Flax module (NHWC, ``apply(v, x, train=False)``).
     variables: ``{'params': ..., 'batch_stats': ...}`` of the newest checkpoint.
     step: the checkpoint's step.
@@ -44,7 +47,7 @@ class LoadedRun:
   """
   workdir: pathlib.Path
   config: ml_collections.ConfigDict
-  ds: Dataset
+  ds: Any  # cnn_jax.data.loader.MemoryData or the Grain loader
   model: nn.Module
   variables: Any
   step: int

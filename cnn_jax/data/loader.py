@@ -239,15 +239,56 @@ def _grain_host(gd, batch_size, steps_per_epoch, num_epochs, start_step, saved, 
 
 
 class _GrainTrain:
-  """:meth:`train_batches` / :meth:`eval_batches` of a :class:`GrainData`."""
+  """:meth:`train_batches` / :meth:`eval_batches` of a :class:`GrainData` (its other
+  attributes are forwarded), and the test set as arrays for the analyses of a trained run
+  (:attr:`test_images`, :attr:`test_labels`)."""
 
   def __init__(self, gd):
     self.gd = gd
+    self._test = None  # (images, labels) once test_images / test_labels was read
 
   def __getattr__(self, name):
+    if name == "gd":  # not set yet (e.g. during unpickling): no recursion
+      raise AttributeError(name)
     return getattr(self.gd, name)
 
   loader = "grain"
+
+  def _test_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+    """Every test example once, in order, as :meth:`eval_batches` gives them (padding
+    dropped); decoded on the first call and kept."""
+    if self._test is None:
+      n = self.gd.num_test
+      it = self.gd.eval_iterator(max(1, min(n, 256)), 0, 1)  # all rows, this process
+      images, labels = [], []
+      try:
+        for batch in it:
+          keep = np.asarray(batch["mask"]) > 0
+          images.append(np.array(batch["image"])[keep])
+          labels.append(np.array(batch["label"])[keep])
+      finally:
+        if hasattr(it, "close"):
+          it.close()
+      self._test = (np.concatenate(images), np.concatenate(labels))
+    return self._test
+
+  @property
+  def test_images(self) -> np.ndarray:
+    """The test set as the model sees it in evaluation, uint8 ``(N, H, W, C)`` in host
+    memory (``data.augment = 'inception'``: each image resized and center-cropped to
+    ``data.image_size``): what the analyses of :mod:`cnn_jax.analysis` read. Streamed and
+    kept on first use, ``N H W C`` bytes (7.5 GB for ImageNet's 50,000 images at 224);
+    evaluation itself streams (:meth:`eval_batches`).
+
+    Raises:
+      cnn_jax.data.DataError: a test file does not decode (names it).
+    """
+    return self._test_arrays()[0]
+
+  @property
+  def test_labels(self) -> np.ndarray:
+    """int32 ``(N,)`` class indices of :attr:`test_images`, in the same order."""
+    return self._test_arrays()[1]
 
   def train_batches(self, *, batch_size: int, steps_per_epoch: int, num_epochs: int,
                     start_step: int, sharding, saved: dict | None = None) -> TrainBatches:
