@@ -32,6 +32,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.name = "resnet20"
   # Extra keyword arguments of the model constructor, e.g. {'shortcut': 'B'}.
   c.model.kwargs = ml_collections.ConfigDict()
+  # Patch-whitening initialisation of a first 2x2 conv named 'whiten' (airbench94; Jordan 2024,
+  # arXiv:2404.00498, Sec. 3): on a fresh run (not on resume, not with init_from) its kernel
+  # is computed from this many training images (a seeded random subset, at most the training
+  # set) before step 0 (cnn_jax.models.airbench.init_whitening); 0 = off. whitening_eps is
+  # added to each eigenvalue (normalised pixels squared) before the inverse square root.
+  c.model.whitening_images = 0
+  c.model.whitening_eps = 5e-4
 
   c.data = _data_defaults()
 
@@ -40,6 +47,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_epochs = 30
 
   c.optim = _optim_defaults()
+
+  c.lookahead = _lookahead_defaults()
 
   c.label_smoothing = 0.0
   # Exponential moving average of the weights and BatchNorm statistics, evaluated beside
@@ -60,6 +69,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.log_every_steps = 50
   c.eval_every_epochs = 1
+  # Test-time augmentation of the periodic and final evaluation (the logged test_accuracy /
+  # test_loss): 'none' (one view), 'flip' (mean logits of the image and its mirror: 2
+  # forward passes) or 'flip_translate' (airbench's level 2: also the image translated by
+  # one pixel both ways, each with its mirror: 6 passes). cnn_jax.steps.tta_logits.
+  c.eval_tta = "none"
   c.checkpoint_every_steps = 0  # 0 = once per epoch
   c.keep_checkpoints = 2
   c.progress_bar = True
@@ -130,20 +144,45 @@ def _data_defaults() -> ml_collections.ConfigDict:
 def _optim_defaults() -> ml_collections.ConfigDict:
   """The ``optim`` section of :func:`base_config`."""
   o = ml_collections.ConfigDict()
-  o.name = "sgd"  # 'sgd' (momentum, optional Nesterov) or 'adamw'
+  o.name = "sgd"  # 'sgd' (momentum, optional Nesterov), 'adamw' or 'airbench_sgd' (below)
   o.lr = 0.1  # peak learning rate
   o.momentum = 0.9
   o.nesterov = True
   o.b1 = 0.9  # adamw
   o.b2 = 0.999  # adamw
-  o.weight_decay = 5e-4  # on conv/dense kernels only
-  o.schedule = "cosine"  # 'cosine', 'piecewise' or 'constant', after warm-up
+  o.weight_decay = 5e-4  # on conv/dense kernels only (airbench_sgd: on every parameter)
+  o.schedule = "cosine"  # 'cosine', 'piecewise' or 'constant' after warm-up, or 'triangle'
   o.warmup_epochs = 1.0
   o.min_lr = 0.0  # cosine end value
   o.boundaries_epochs = (0.5, 0.75)  # piecewise: fractions of training, or epochs if > 1
   o.decay_factor = 0.1  # piecewise
   o.grad_clip_norm = 0.0  # 0 = off
+  # schedule 'triangle' (airbench; Jordan 2024): linear from start * lr at step 0 to lr at
+  # step int(peak_position * total_steps), then linear to end * lr at the last step; its own
+  # rise replaces warm-up (warmup_epochs must be 0). (start, peak_position, end).
+  o.triangle = (0.2, 0.23, 0.07)
+  # name 'airbench_sgd' (cnn_jax.speedrun.airbench_optimizer): Nesterov/heavy-ball SGD with
+  # coupled decay on *every* parameter, the gradient of BatchNorm biases (modules named
+  # norm*) times bias_scaler, the kernel of a top-level module 'whiten' never updated and
+  # its bias frozen after whiten_bias_epochs.
+  o.bias_scaler = 64.0
+  o.whiten_bias_epochs = 3.0
   return o
+
+
+def _lookahead_defaults() -> ml_collections.ConfigDict:
+  """The ``lookahead`` section of :func:`base_config`: airbench94's lookahead (Jordan 2024,
+  arXiv:2404.00498, Sec. 3; :func:`cnn_jax.speedrun.lookahead_step`), off by default."""
+  la = ml_collections.ConfigDict()
+  # Every this many optimizer steps from epoch start_epochs on, the slow weights (parameters
+  # and BatchNorm statistics) move toward the weights with decay
+  # rho = decay_base**every_n_steps * (step / total_steps)**decay_pow and the weights are
+  # pulled back to them (also at each epoch end). 0 = off.
+  la.every_n_steps = 0
+  la.start_epochs = 3.0
+  la.decay_base = 0.95
+  la.decay_pow = 3.0
+  return la
 
 
 def _transfer_defaults() -> ml_collections.ConfigDict:
@@ -163,8 +202,9 @@ def _transfer_defaults() -> ml_collections.ConfigDict:
 
 
 _CHOICES = {
-    "optim.name": ("sgd", "adamw"),
-    "optim.schedule": ("cosine", "piecewise", "constant"),
+    "optim.name": ("sgd", "adamw", "airbench_sgd"),
+    "optim.schedule": ("cosine", "piecewise", "constant", "triangle"),
+    "eval_tta": ("none", "flip", "flip_translate"),
     "data.pad_mode": ("reflect", "constant"),
     "data.flip_mode": ("random", "alternating"),
     "data.loader": ("auto", "memory", "grain"),
@@ -181,8 +221,11 @@ _POSITIVE = ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
 _NON_NEGATIVE = ("optim.weight_decay", "optim.warmup_epochs", "optim.min_lr",
                  "optim.grad_clip_norm", "data.crop_pad", "data.num_train", "data.num_test",
                  "checkpoint_every_steps", "label_smoothing", "optim.momentum",
-                 "data.image_size", "data.read_threads")
-_POSITIVE += ("data.memory_limit_mb", "data.prefetch_batches")
+                 "data.image_size", "data.read_threads", "optim.whiten_bias_epochs",
+                 "model.whitening_images", "lookahead.every_n_steps",
+                 "lookahead.start_epochs", "lookahead.decay_pow")
+_POSITIVE += ("data.memory_limit_mb", "data.prefetch_batches", "optim.bias_scaler",
+              "model.whitening_eps")
 
 
 def _get(config, dotted):
@@ -316,7 +359,38 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ValueError(f"config key optim.boundaries_epochs = {b}; expected increasing values")
   _validate_transfer(config)
   _validate_data(config.data)
+  _validate_recipe(config)
   return config
+
+
+def _validate_recipe(config: ml_collections.ConfigDict) -> None:
+  """Checks the airbench-recipe keys (``optim.triangle``, ``lookahead``) that range checks
+  cannot, and the combinations that do not go together.
+
+  Raises:
+    ValueError: names the key(s), the value and what was expected.
+  """
+  o = config.optim
+  tri = tuple(o.triangle)
+  if not (len(tri) == 3 and all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                                for v in tri) and tri[0] >= 0 and 0 < tri[1] < 1
+          and tri[2] >= 0):
+    raise ValueError(f"config key optim.triangle = {tri!r}; expected (start, peak_position, "
+                     f"end) with start >= 0, 0 < peak_position < 1, end >= 0, e.g. "
+                     f"(0.2, 0.23, 0.07)")
+  if o.schedule == "triangle" and o.warmup_epochs:
+    raise ValueError(f"config key optim.warmup_epochs = {o.warmup_epochs}; expected 0 with "
+                     f"optim.schedule = 'triangle' (its rise from optim.triangle[0] * lr "
+                     f"to lr is the warm-up)")
+  la = config.lookahead
+  if not 0.0 < la.decay_base <= 1.0:
+    raise ValueError(f"config key lookahead.decay_base = {la.decay_base}; expected (0, 1], "
+                     f"e.g. 0.95")
+  if la.every_n_steps and config.ema_decay:
+    raise ValueError(f"config key lookahead.every_n_steps = {la.every_n_steps} and config "
+                     f"key ema_decay = {config.ema_decay}: expected at most one of them "
+                     f"on (the train state keeps either a weight average or lookahead's "
+                     f"slow weights); set one to 0")
 
 
 def _validate_data(d: ml_collections.ConfigDict) -> None:
@@ -420,7 +494,9 @@ RESUME_MAY_CHANGE = ("progress_bar", "tensorboard", "log_every_steps", "eval_eve
                      "data.dir", "data.cache_dir", "materialize_conv_inputs", "restart",
                      # The loaders give the same batches; these change only speed/memory.
                      "data.loader", "data.memory_limit_mb", "data.num_workers",
-                     "data.read_threads", "data.prefetch_batches", "data.device_resident")
+                     "data.read_threads", "data.prefetch_batches", "data.device_resident",
+                     # Test-time augmentation changes the logged test metrics, not the weights.
+                     "eval_tta")
 
 
 def from_json(text: str) -> ml_collections.ConfigDict:

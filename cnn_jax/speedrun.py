@@ -1,12 +1,16 @@
-"""The training-recipe pieces of airbench94 that ``cnn_jax.train`` does not have yet, as pure
-functions: the reference's hyperparameters in this project's parametrisation, its triangular
-learning-rate schedule, its optimizer (64x learning rate on BatchNorm biases, frozen whitening
-layer), lookahead, and flip + translate test-time augmentation.
+"""The training-recipe pieces of airbench94 as pure functions: the reference's hyperparameters
+in this project's parametrisation, its triangular learning-rate schedule, its optimizer (64x
+learning rate on BatchNorm biases, frozen whitening layer) and lookahead. ``cnn_jax.train``
+calls them through config keys ``optim.schedule = 'triangle'``, ``optim.name =
+'airbench_sgd'`` (:func:`cnn_jax.optim.create_optimizer`) and section ``lookahead``
+(``configs/cifar10_speedrun.py``); the flip + translate test-time augmentation is
+:func:`cnn_jax.steps.tta_logits` (config key ``eval_tta``), the whitening initialisation
+:func:`cnn_jax.models.airbench.init_whitening` (``model.whitening_images``).
 
 Source: Jordan 2024, "94% on CIFAR-10 in 3.29 Seconds on a Single GPU", arXiv:2404.00498
 (Sec. 3); reference implementation github.com/KellerJordan/cifar10-airbench
-``airbench94.py`` (``hyp``, ``main``, ``triangle``, ``LookaheadState``,
-``infer_mirror_translate``). The network is :mod:`cnn_jax.models.airbench`.
+``airbench94.py`` (``hyp``, ``main``, ``triangle``, ``LookaheadState``). The network is
+:mod:`cnn_jax.models.airbench`.
 
 Parametrisation. The reference sums the loss over the batch and states lr and weight decay
 "per 1024 examples" in a decoupled form (``kilostep_scale = 1024 * (1 + 1 / (1 - momentum))``,
@@ -140,13 +144,13 @@ def freeze_leaves(frozen_from: Callable) -> optax.GradientTransformation:
 def airbench_optimizer(lr: float, momentum: float, weight_decay: float, total_steps: int,
                        steps_per_epoch: int, *, bias_scaler: float = REF_BIAS_SCALER,
                        whiten_bias_epochs: float = REF_WHITEN_BIAS_EPOCHS,
-                       schedule: optax.Schedule | None = None
+                       schedule: optax.Schedule | None = None, nesterov: bool = True
                        ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """airbench94's optimizer for :class:`~cnn_jax.models.airbench.Airbench94` params.
 
-  Nesterov SGD (``momentum``) with coupled L2 decay ``weight_decay`` on *every* trainable
-  leaf (the reference decays all parameter groups, BatchNorm biases and the whitening bias
-  included), the gradient of BatchNorm biases multiplied by ``bias_scaler`` before the decay
+  Nesterov SGD (``momentum``; heavy-ball with ``nesterov=False``) with coupled L2 decay
+  ``weight_decay`` on *every* trainable leaf (the reference decays all parameter groups,
+  BatchNorm biases and the whitening bias included), the gradient of BatchNorm biases multiplied by ``bias_scaler`` before the decay
   is added (the reference's ``lr_biases = 64 lr`` with ``weight_decay = wd / lr_biases``:
   the same decay per step, a 64x gradient step), the learning rate
   ``schedule`` (default :func:`triangle_schedule` of ``lr``), the whitening kernel frozen and
@@ -157,6 +161,10 @@ def airbench_optimizer(lr: float, momentum: float, weight_decay: float, total_st
       (:func:`reference_hyperparameters`).
     total_steps: optimizer steps of the run (for the default schedule).
     steps_per_epoch: for the whitening-bias freeze.
+    bias_scaler: gradient factor of the BatchNorm biases (leaves under a module ``norm*``).
+    whiten_bias_epochs: epochs (float) during which ``whiten/bias`` trains.
+    schedule: step -> learning rate; ``None``: :func:`triangle_schedule` ``(lr, total_steps)``.
+    nesterov: Nesterov momentum (the reference's) or heavy-ball.
 
   Returns:
     ``(tx, schedule)``, as :func:`cnn_jax.optim.create_optimizer`.
@@ -170,7 +178,7 @@ def airbench_optimizer(lr: float, momentum: float, weight_decay: float, total_st
                    lambda params: jax.tree_util.tree_map_with_path(
                        lambda p, _: is_norm_bias(p), params)),
       optax.add_decayed_weights(weight_decay),
-      optax.sgd(schedule, momentum=momentum, nesterov=True),
+      optax.sgd(schedule, momentum=momentum, nesterov=nesterov),
       freeze_leaves(freeze_schedule(whiten_bias_epochs, steps_per_epoch)))
   return tx, schedule
 
@@ -266,56 +274,3 @@ def apply_lookahead(train_state, la_state: LookaheadState, **kwargs):
   weights, la_state = lookahead_step(weights, la_state, train_state.step, **kwargs)
   return (train_state.replace(params=weights["params"], batch_stats=weights["batch_stats"]),
           la_state)
-
-
-# --------------------------------------------------------------------------------------------
-# Test-time augmentation
-
-
-def tta_logits(apply_fn: Callable, variables, images: jax.Array, level: int = 2) -> jax.Array:
-  """airbench94's test-time augmentation, ``(N, H, W, C)`` float32 -> ``(N, K)`` logits.
-
-  ``f = apply_fn(variables, x)``; ``mirror(x) = (f(x) + f(flip_lr(x))) / 2``.
-
-  * level 0: ``f(x)``.
-  * level 1: ``mirror(x)``.
-  * level 2: ``mirror(x) / 2 + (mirror(t_a) + mirror(t_b)) / 4``, where ``t_a`` and ``t_b``
-    are ``x`` translated by one pixel in both axes: ``x`` reflect-padded by 1 and cropped at
-    offset (0, 0) (``t_a[i, j] = x[i - 1, j - 1]``) and at offset (2, 2)
-    (``t_b[i, j] = x[i + 1, j + 1]``), reflection (``'reflect'``, edge not repeated) filling
-    the row and column shifted in. Six views with weights 1/4, 1/4 and four of 1/8.
-
-  Calls ``apply_fn`` once per view on ``N`` images (not one call on ``6N``: the eval batch's
-  activation memory stays that of one view). Costs 1, 2 or 6 forward passes.
-
-  Args:
-    apply_fn: ``(variables, (N, H, W, C) float) -> (N, K)`` logits, e.g.
-      ``functools.partial(model.apply, train=False)``.
-    variables: passed through to ``apply_fn``.
-    images: ``(N, H, W, C)`` float, normalised as the model expects.
-    level: 0, 1 or 2 (the reference's ``hyp['net']['tta_level']``, 2 by default).
-
-  Raises:
-    ValueError: ``level`` not in {0, 1, 2}, or ``images`` not 4-D.
-
-  Source: airbench94.py ``infer_basic``, ``infer_mirror``, ``infer_mirror_translate``
-  (NCHW there: ``flip(-1)`` is the width axis, axis 2 in NHWC); Jordan 2024, Sec. 3,
-  "Multi-crop evaluation".
-  """
-  if level not in (0, 1, 2):
-    raise ValueError(f"tta_logits: level must be 0 (none), 1 (mirror) or 2 (mirror + "
-                     f"translate), got {level!r}")
-  if images.ndim != 4:
-    raise ValueError(f"tta_logits: images must be (N, H, W, C), got shape {images.shape}")
-  f = lambda x: apply_fn(variables, x).astype(jnp.float32)
-  if level == 0:
-    return f(images)
-  mirror = lambda x: 0.5 * f(x) + 0.5 * f(x[:, :, ::-1, :])
-  logits = mirror(images)
-  if level == 1:
-    return logits
-  h, w = images.shape[1:3]
-  padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-  t_a = padded[:, 0:h, 0:w]
-  t_b = padded[:, 2:h + 2, 2:w + 2]
-  return 0.5 * logits + 0.25 * (mirror(t_a) + mirror(t_b))

@@ -5,7 +5,10 @@ augmentation settings) and return functions the trainer wraps in ``jax.jit``. Th
 softmax cross-entropy on logits with optional label smoothing (Szegedy et al. 2016,
 Sec. 7); BatchNorm uses batch statistics in training and running averages in evaluation.
 An optional exponential moving average (EMA) of the weights is kept beside them (Polyak &
-Juditsky 1992; as timm's ``ModelEmaV2``, which averages BatchNorm buffers too).
+Juditsky 1992; as timm's ``ModelEmaV2``, which averages BatchNorm buffers too), or the state
+of a weight transformation applied after each step (airbench's lookahead,
+:func:`cnn_jax.speedrun.lookahead_step`). Evaluation may average test-time augmented views
+(:func:`tta_logits`).
 """
 
 from __future__ import annotations
@@ -70,6 +73,21 @@ class EmaTrainState(TrainState):
     return _variables(self.params, self.batch_stats)
 
 
+class LookaheadTrainState(TrainState):
+  """:class:`TrainState` plus the state of a lookahead applied after every step (config
+  section ``lookahead``; :func:`cnn_jax.speedrun.lookahead_step`).
+
+  A separate class, as :class:`EmaTrainState`, so that runs without lookahead checkpoint the
+  tree they always did.
+
+  Attributes:
+    lookahead: the lookahead's state (:class:`cnn_jax.speedrun.LookaheadState`: slow
+      weights ``{'params': ..., 'batch_stats': ...}`` of the weights' shapes and dtypes, and
+      a bool scalar ``active``), checkpointed with the rest so a resumed run continues it.
+  """
+  lookahead: Any
+
+
 def _variables(params, batch_stats) -> dict:
   v = {"params": params}
   if batch_stats:
@@ -78,17 +96,28 @@ def _variables(params, batch_stats) -> dict:
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
-               input_shape: tuple[int, ...], ema: bool = False) -> TrainState:
+               input_shape: tuple[int, ...], ema: bool = False,
+               lookahead_init: Callable | None = None) -> TrainState:
   """Initialises parameters on a dummy ``(1, H, W, C)`` input and the optimizer state.
 
   With ``ema=True`` returns an :class:`EmaTrainState` whose average starts at the initial
-  weights.
+  weights; with ``lookahead_init`` (``weights -> state``, e.g.
+  :func:`cnn_jax.speedrun.lookahead_init`, called on ``{'params': ..., 'batch_stats':
+  ...}``) a :class:`LookaheadTrainState`.
+
+  Raises:
+    ValueError: both ``ema`` and ``lookahead_init``.
   """
+  if ema and lookahead_init is not None:
+    raise ValueError("init_state: a train state keeps an EMA or a lookahead, not both")
   variables = model.init({"params": key, "dropout": key}, jnp.zeros((1, *input_shape)),
                          train=False)
   params, batch_stats = variables["params"], variables.get("batch_stats", {})
   fields = dict(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                 opt_state=tx.init(params))
+  if lookahead_init is not None:
+    return LookaheadTrainState(**fields, lookahead=lookahead_init(
+        {"params": params, "batch_stats": batch_stats}))
   if not ema:
     return TrainState(**fields)
   # Copies: the step donates the state, and one buffer cannot be given twice.
@@ -128,7 +157,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, num_c
                     dtype=jnp.float32, bn_groups: int = 1,
                     group_sharding=None, ema_decay: float = 0.0,
                     materialize_conv_inputs: bool = False, train_mode: bool = True,
-                    keep_stats: Callable | None = None) -> Callable:
+                    keep_stats: Callable | None = None,
+                    lookahead: Callable | None = None) -> Callable:
   """Returns ``train_step(state, images, labels) -> (state, metrics)``.
 
   ``bn_groups > 1`` is ghost batch norm (Hoffer et al. 2017): the batch is split into
@@ -146,6 +176,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, num_c
   ``ema_decay > 0`` (``state`` an :class:`EmaTrainState`) also moves the weight average
   toward the new parameters and BatchNorm statistics, with decay
   ``ema_decay_at(ema_decay, state.step)``.
+
+  ``lookahead`` (``state`` a :class:`LookaheadTrainState`): ``(weights, lookahead_state,
+  step) -> (weights, lookahead_state)``, applied after the optimizer update with ``weights``
+  ``{'params': ..., 'batch_stats': ...}`` and ``step`` the int32 count of steps taken, this
+  one included (e.g. ``functools.partial(cnn_jax.speedrun.lookahead_step, ...)``). Inside the
+  jitted step, so its state is donated and updated in place like the rest.
 
   ``materialize_conv_inputs`` stores every ``nn.Conv`` input instead of letting XLA recompute
   it in the backward pass (:func:`cnn_jax.xla_cpu.materialized_conv_inputs`): the same
@@ -203,6 +239,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, num_c
       new = {"params": new_state.params, "batch_stats": new_state.batch_stats}
       new_state = new_state.replace(
           ema=update_ema(state.ema, new, ema_decay_at(ema_decay, state.step)))
+    if lookahead is not None:
+      weights, la_state = lookahead(
+          {"params": new_state.params, "batch_stats": new_state.batch_stats},
+          new_state.lookahead, new_state.step)
+      new_state = new_state.replace(params=weights["params"],
+                                    batch_stats=weights["batch_stats"], lookahead=la_state)
     metrics = {"loss": loss,
                "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
     return new_state, metrics
@@ -210,8 +252,66 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, num_c
   return train_step
 
 
+# Config key eval_tta -> the level of tta_logits.
+TTA_LEVELS = {"none": 0, "flip": 1, "flip_translate": 2}
+
+
+def tta_logits(apply_fn: Callable, variables, images: jax.Array, level: int = 2) -> jax.Array:
+  """airbench94's test-time augmentation, ``(N, H, W, C)`` float -> ``(N, K)`` float32 logits.
+
+  ``f = apply_fn(variables, x)``; ``mirror(x) = (f(x) + f(flip_lr(x))) / 2``.
+
+  * level 0: ``f(x)``.
+  * level 1: ``mirror(x)``.
+  * level 2: ``mirror(x) / 2 + (mirror(t_a) + mirror(t_b)) / 4``, where ``t_a`` and ``t_b``
+    are ``x`` translated by one pixel in both axes: ``x`` reflect-padded by 1 and cropped at
+    offset (0, 0) (``t_a[i, j] = x[i - 1, j - 1]``) and at offset (2, 2)
+    (``t_b[i, j] = x[i + 1, j + 1]``), reflection (``'reflect'``, edge not repeated) filling
+    the row and column shifted in. Six views with weights 1/4, 1/4 and four of 1/8.
+
+  Calls ``apply_fn`` once per view on ``N`` images (not one call on ``6N``: the eval batch's
+  activation memory stays that of one view). Costs 1, 2 or 6 forward passes. Config key
+  ``eval_tta`` ('none', 'flip', 'flip_translate': :data:`TTA_LEVELS`) picks the level of
+  the trainer's evaluations.
+
+  Args:
+    apply_fn: ``(variables, (N, H, W, C) float) -> (N, K)`` logits, e.g.
+      ``lambda v, x: model.apply(v, x, train=False)``.
+    variables: passed through to ``apply_fn``.
+    images: ``(N, H, W, C)`` float, normalised as the model expects.
+    level: 0, 1 or 2 (the reference's ``hyp['net']['tta_level']``, 2 by default).
+
+  Raises:
+    ValueError: ``level`` not in {0, 1, 2}, or ``images`` not 4-D.
+
+  Source: Jordan 2024, "94% on CIFAR-10 in 3.29 Seconds on a Single GPU",
+  arXiv:2404.00498, Sec. 3, "Multi-crop evaluation"; reference implementation
+  github.com/KellerJordan/cifar10-airbench ``airbench94.py`` ``infer_basic``,
+  ``infer_mirror``, ``infer_mirror_translate`` (NCHW there: ``flip(-1)`` is the width axis,
+  axis 2 in NHWC).
+  """
+  if level not in (0, 1, 2):
+    raise ValueError(f"tta_logits: level must be 0 (none), 1 (mirror) or 2 (mirror + "
+                     f"translate), got {level!r}")
+  if images.ndim != 4:
+    raise ValueError(f"tta_logits: images must be (N, H, W, C), got shape {images.shape}")
+  f = lambda x: apply_fn(variables, x).astype(jnp.float32)
+  if level == 0:
+    return f(images)
+  mirror = lambda x: 0.5 * f(x) + 0.5 * f(x[:, :, ::-1, :])
+  logits = mirror(images)
+  if level == 1:
+    return logits
+  h, w = images.shape[1:3]
+  padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+  t_a = padded[:, 0:h, 0:w]
+  t_b = padded[:, 2:h + 2, 2:w + 2]
+  return 0.5 * logits + 0.25 * (mirror(t_a) + mirror(t_b))
+
+
 def make_eval_step(model: nn.Module, *, num_classes: int, mean, std,
-                   dtype=jnp.float32, flip_tta: bool = False, ema: bool = False) -> Callable:
+                   dtype=jnp.float32, flip_tta: bool = False, ema: bool = False,
+                   tta_level: int | None = None) -> Callable:
   """Returns ``eval_step(state, images, labels, mask) -> sums``.
 
   ``images`` uint8 ``(N, H, W, C)``, ``labels`` int ``(N,)``. ``mask`` (float32 ``(N,)``, 1
@@ -219,20 +319,29 @@ def make_eval_step(model: nn.Module, *, num_classes: int, mean, std,
   returns *sums* (``loss_sum``, ``correct``, ``count``) so the caller divides totals once:
   every test example counts exactly once, never a mean of batch means.
 
-  ``flip_tta``: test-time augmentation by horizontal flip, the logits being the mean of the
-  image's and its mirror's (as airbench's TTA level 1: Jordan 2024, "94% on CIFAR-10 in
-  3.29 Seconds on a Single GPU", arXiv:2404.00498). It doubles the evaluation cost and is
-  not the plain single-view top-1 that training logs.
+  ``tta_level``: test-time augmentation, :func:`tta_logits` of that level (0 none, 1
+  horizontal flip, 2 flip + one-pixel translations; Jordan 2024, "94% on CIFAR-10 in 3.29
+  Seconds on a Single GPU", arXiv:2404.00498). ``flip_tta=True`` is level 1 (the logits
+  being the mean of the image's and its mirror's). TTA multiplies the evaluation cost (2x,
+  6x) and is not the plain single-view top-1 that training logs.
 
   ``ema``: score the state's weight average instead of its weights (``state`` must be an
   :class:`EmaTrainState`; :meth:`TrainState.variables` raises ``ValueError`` otherwise).
+
+  Raises:
+    ValueError: both ``flip_tta=True`` and a ``tta_level``, or a level not in {0, 1, 2}.
   """
+  if tta_level is None:
+    tta_level = 1 if flip_tta else 0
+  elif flip_tta:
+    raise ValueError(f"make_eval_step: give flip_tta=True or tta_level={tta_level}, not both")
+  if tta_level not in (0, 1, 2):
+    raise ValueError(f"make_eval_step: tta_level must be 0, 1 or 2, got {tta_level!r}")
+  apply_fn = lambda variables, x: model.apply(variables, x, train=False)
+
   def eval_step(state: TrainState, images, labels, mask):
     x = augment.normalize(images, mean, std, dtype)
-    variables = state.variables(ema=ema)
-    logits = model.apply(variables, x, train=False)
-    if flip_tta:
-      logits = 0.5 * (logits + model.apply(variables, x[:, :, ::-1, :], train=False))
+    logits = tta_logits(apply_fn, state.variables(ema=ema), x, tta_level)
     loss = cross_entropy(logits, labels, num_classes)
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     return {"loss_sum": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask),

@@ -10,7 +10,8 @@ The workdir receives ``config.json``, ``metrics.jsonl`` (train records every
 ``log_every_steps``, one eval record per evaluation), the same scalars as TensorBoard
 events in ``tensorboard/`` (``config.tensorboard``) and ``checkpoints/``. Running the
 same command on the same workdir resumes from the newest checkpoint: step, parameters,
-BatchNorm statistics, optimizer state, and data position (epoch ``step // steps_per_epoch``
+BatchNorm statistics, optimizer state, the weight EMA or lookahead state (config keys
+``ema_decay``, section ``lookahead``), and data position (epoch ``step // steps_per_epoch``
 with that epoch's permutation, which is a function of ``seed`` and the epoch only; with the
 Grain loader also the iterator state saved in the checkpoint). A config that differs from
 the workdir's ``config.json`` in a key that changes the trained weights is refused
@@ -37,6 +38,7 @@ batches from the start step, and the loop is "next batch, step, periodic actions
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import signal
@@ -53,14 +55,14 @@ import numpy as np
 import optax
 import tqdm
 
-from cnn_jax import (checkpoint, models, optim, parallel, provenance, steps, transfer,
-                     xla_cpu)
+from cnn_jax import (checkpoint, models, optim, parallel, provenance, speedrun, steps,
+                     transfer, xla_cpu)
 from cnn_jax.config import check_resume, from_json, resolve_dtype, validate
 # augment: the host-side alternating flip the loaders call (tests spy on train.augment).
 from cnn_jax.data import augment, loader  # pylint: disable=unused-import
 from cnn_jax.metric_writer import (DISCARDED, JsonlWriter, MultiWriter, TensorBoardWriter,
                                    rewind)
-from cnn_jax.models import geometry
+from cnn_jax.models import airbench, geometry
 
 
 class Preempted(Exception):
@@ -211,6 +213,9 @@ class RunSetup(NamedTuple):
   step_kwargs: dict
   # What a run with init_from freezes and re-initialises (config section transfer), else None
   transfer_plan: transfer.Plan | None = None
+  # (weights, state, step) -> (weights, state) after each step (config section lookahead;
+  # steps.make_train_step's lookahead), else None
+  lookahead: Callable | None = None
 
 
 def build_run(config: ml_collections.ConfigDict, ds, sharding) -> RunSetup:
@@ -220,14 +225,21 @@ def build_run(config: ml_collections.ConfigDict, ds, sharding) -> RunSetup:
   restored into the very tree it was saved from. ``ds`` (a :class:`cnn_jax.data.Dataset`
   or what :func:`cnn_jax.data.loader.open_data` returns) gives the input shape
   ``(H, W, C)``, the class count, the number of training examples and the mean/std;
-  ``sharding`` is the state's (replicated). With ``config.init_from`` the optimizer freezes what config section
-  ``transfer`` says (:func:`cnn_jax.transfer.wrap_optimizer`).
+  ``sharding`` is the state's (replicated). With ``config.init_from`` the optimizer freezes
+  what config section ``transfer`` says (:func:`cnn_jax.transfer.wrap_optimizer`). With
+  ``lookahead.every_n_steps > 0`` the state is a :class:`cnn_jax.steps.LookaheadTrainState`
+  and ``RunSetup.lookahead`` the function the train step applies
+  (:func:`cnn_jax.speedrun.lookahead_step` with section ``lookahead``'s values).
 
   Raises:
     KeyError: unknown model name. TypeError: a ``model.kwargs`` key the model lacks.
     ValueError: ``batch_size`` exceeds the number of training examples; a
       ``transfer.head`` that names no parameter, or no head for a linear_probe /
-      progressive run (:func:`cnn_jax.transfer.make_plan`).
+      progressive run (:func:`cnn_jax.transfer.make_plan`); ``model.whitening_images > 0``
+      for a model without a ``whiten/kernel`` parameter; ``optim.name = 'airbench_sgd'``
+      with ``optim.bias_scaler != 1`` for a model without BatchNorm biases under a module
+      named ``norm*`` (the scale would act on nothing); a ``'triangle'`` schedule of fewer
+      than 2 steps.
     cnn_jax.models.geometry.GeometryError: a layer whose kernel, stride, dilation or
       channels do not fit the dataset's image size (names the layer and the values).
   """
@@ -246,13 +258,39 @@ def build_run(config: ml_collections.ConfigDict, ds, sharding) -> RunSetup:
       plan = transfer.make_plan(config.transfer, model, ds.input_shape,
                                 ds.num_classes, steps_per_epoch)
       tx = transfer.wrap_optimizer(tx, plan)
-    init = lambda key: steps.init_state(model, tx, key, ds.input_shape,
-                                        ema=config.ema_decay > 0)
+    la = config.lookahead
+    lookahead = None
+    if la.every_n_steps:
+      lookahead = functools.partial(
+          speedrun.lookahead_step, steps_per_epoch=steps_per_epoch,
+          total_steps=steps_per_epoch * config.num_epochs, start_epochs=la.start_epochs,
+          every_n_steps=la.every_n_steps, decay_base=la.decay_base, decay_pow=la.decay_pow)
+    init = lambda key: steps.init_state(
+        model, tx, key, ds.input_shape, ema=config.ema_decay > 0,
+        lookahead_init=speedrun.lookahead_init if lookahead is not None else None)
     shapes = jax.eval_shape(init, jax.random.key(config.seed))
+  _check_recipe_fits(config, shapes.params)
   abstract = checkpoint.abstract_like(shapes, sharding)
   step_kwargs = dict(num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
                      dtype=jnp.dtype(config.dtype))
-  return RunSetup(model, tx, schedule, steps_per_epoch, init, abstract, step_kwargs, plan)
+  return RunSetup(model, tx, schedule, steps_per_epoch, init, abstract, step_kwargs, plan,
+                  lookahead)
+
+
+def _check_recipe_fits(config, params) -> None:
+  """Refuses airbench-recipe keys that would act on nothing in this model's ``params``
+  (shapes): see :func:`build_run`'s ``ValueError``."""
+  if config.model.whitening_images and "kernel" not in params.get("whiten", {}):
+    raise ValueError(f"config key model.whitening_images = {config.model.whitening_images} "
+                     f"initialises the kernel of a first conv named 'whiten' (airbench94), "
+                     f"and model {config.model.name!r} has no 'whiten/kernel' parameter; set "
+                     f"it to 0")
+  if config.optim.name == "airbench_sgd" and config.optim.bias_scaler != 1:
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    if not any(speedrun.is_norm_bias(path) for path, _ in flat):
+      raise ValueError(f"config key optim.bias_scaler = {config.optim.bias_scaler} scales the "
+                       f"gradient of BatchNorm biases under modules named norm*, and model "
+                       f"{config.model.name!r} has none; set it to 1.0")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -299,7 +337,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                             data_state=ds.loader == "grain")
   data_state = checkpoint.DataState()
   try:
-    state, origin = _initial_state(config, run, mngr, repl, moved, data_state)
+    state, origin = _initial_state(config, ds, run, mngr, repl, moved, data_state)
   except BaseException:  # e.g. every checkpoint damaged: release orbax's threads first
     mngr.close()
     raise
@@ -334,19 +372,82 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return final
 
 
-def _initial_state(config, run, mngr, repl, moved, data_state=None):
+def _initial_state(config, ds, run, mngr, repl, moved, data_state=None):
   """The state to train from: the newest checkpoint, else a fresh initialisation (with
-  ``config.init_from``'s parameters and BatchNorm statistics when set). Also returns the
-  start-record fields of a restart / init_from (``{}`` for a plain run). The checkpoint's
-  data iterator state, if any, goes to ``data_state`` (:class:`checkpoint.DataState`)."""
+  ``config.init_from``'s parameters and BatchNorm statistics when set, else with the
+  whitening kernel of ``model.whitening_images`` images of ``ds`` when set). Also returns
+  the start-record fields of a restart / init_from / whitening (``{}`` for a plain run). The
+  checkpoint's data iterator state, if any, goes to ``data_state``
+  (:class:`checkpoint.DataState`)."""
   state = checkpoint.restore_latest(mngr, run.abstract_state, data_state=data_state)
   origin = {} if moved is None else {"previous_run": str(moved)}
   if state is None:
     state = jax.jit(run.init, out_shardings=repl)(jax.random.key(config.seed))
-    if config.init_from:
+    if config.init_from:  # its checkpoint holds the whitening kernel it trained with
       state, source_step, source_dir = _init_from(config.init_from, run, state, repl)
       origin.update(init_from=str(source_dir), init_from_step=source_step)
+    elif config.model.whitening_images:
+      state, count = _init_whitening(config, ds, run, state, repl)
+      origin.update(whitening_images=count)
   return state, origin
+
+
+# Stream of np.random.default_rng([seed, WHITENING_STREAM]) that picks the whitening images:
+# apart from the epoch orders (default_rng([seed, epoch]), epoch < 2**31).
+WHITENING_STREAM = 2**32 - 1
+
+
+def whitening_indices(seed: int, num_train: int, count: int) -> np.ndarray:
+  """The training examples whose patches give the whitening kernel: ``min(count,
+  num_train)`` distinct indices in ``[0, num_train)``, int64, sorted, a pure function of
+  ``seed`` (a random subset; the reference takes the first 5000 of its training set,
+  airbench94.py ``train_images = loader.normalize(loader.images[:5000])``)."""
+  rng = np.random.default_rng([seed, WHITENING_STREAM])
+  return np.sort(rng.permutation(num_train)[:min(count, num_train)])
+
+
+def _init_whitening(config, ds, run, state, repl):
+  """``state`` (fresh, step 0) with ``params['whiten']['kernel']`` computed from
+  :func:`whitening_indices` training images, normalised as the train step does
+  (:func:`cnn_jax.models.airbench.init_whitening`, eps ``model.whitening_eps``), through
+  :func:`_with_weights`. Returns ``(state, images used)``.
+
+  Raises:
+    ValueError: the data has no in-memory training split (``data.loader = 'grain'``).
+  """
+  images = getattr(ds, "train_images", None)
+  if images is None:
+    raise ValueError(f"config key model.whitening_images = {config.model.whitening_images} "
+                     f"reads training images from memory, and data.loader = {ds.loader!r} "
+                     f"streams them; use data.loader = 'memory' (or 'auto' for a dataset "
+                     f"that fits)")
+  idx = whitening_indices(config.seed, ds.num_train, config.model.whitening_images)
+  x = (images[idx].astype(np.float32) - np.asarray(ds.mean, np.float32)) / np.asarray(
+      ds.std, np.float32)
+  params = airbench.init_whitening(parallel.to_host(state.params), x,
+                                   eps=config.model.whitening_eps)
+  state = _with_weights(run, state, {"params": params, "batch_stats": state.batch_stats},
+                        repl)
+  if jax.process_index() == 0:
+    print(f"cnn_jax: whitening kernel from the patches of {len(idx)} training images "
+          f"(model.whitening_images, eps {config.model.whitening_eps})", flush=True)
+  return state, len(idx)
+
+
+def _with_weights(run: RunSetup, state, variables, repl):
+  """A fresh (step 0) ``state`` with ``variables`` (``{'params', 'batch_stats'}``) as its
+  weights; what depends on them starts anew: the optimizer state, an EMA (at them) and a
+  lookahead state (inactive)."""
+  def place(state, variables):
+    new = state.replace(params=variables["params"], batch_stats=variables["batch_stats"],
+                        opt_state=run.tx.init(variables["params"]))
+    if isinstance(new, steps.EmaTrainState):  # copies: the step donates the state
+      new = new.replace(ema=jax.tree.map(jnp.copy, variables))
+    if isinstance(new, steps.LookaheadTrainState):
+      new = new.replace(lookahead=speedrun.lookahead_init(variables))
+    return new
+
+  return jax.jit(place, out_shardings=repl)(state, variables)
 
 
 def _open_workdir(config, workdir) -> tuple[pathlib.Path, dict, pathlib.Path | None]:
@@ -415,7 +516,8 @@ def _check_init_from(source: str, workdir: pathlib.Path) -> None:
 def _init_from(source: str, run: RunSetup, state, repl):
   """``state`` (fresh, step 0) with the parameters and BatchNorm statistics of the newest
   checkpoint in workdir ``source``; the optimizer state is initialised for them and an EMA
-  starts at them. Returns ``(state, source step, source checkpoint directory)``.
+  starts at them (:func:`_with_weights`). Returns ``(state, source step, source checkpoint
+  directory)``.
 
   The head that config section ``transfer`` re-initialises
   (:func:`cnn_jax.transfer.reinit_leaves`) keeps its fresh values; one line names its
@@ -437,14 +539,7 @@ def _init_from(source: str, run: RunSetup, state, repl):
   variables, step, step_dir = checkpoint.restore_variables(
       source, fresh, skip=[path for path, _, _ in reinit])
 
-  def place(state, variables):
-    new = state.replace(params=variables["params"], batch_stats=variables["batch_stats"],
-                        opt_state=run.tx.init(variables["params"]))
-    if isinstance(new, steps.EmaTrainState):  # copies: the step donates the state
-      new = new.replace(ema=jax.tree.map(jnp.copy, variables))
-    return new
-
-  state = jax.jit(place, out_shardings=repl)(state, variables)
+  state = _with_weights(run, state, variables, repl)
   if jax.process_index() == 0:
     print(f"cnn_jax: init_from: parameters and BatchNorm statistics of {step_dir} "
           f"(step {step})", flush=True)
@@ -501,13 +596,16 @@ def _start_logs(config, workdir, ds, mesh, run, state, start_step, materialize, 
                 "devices": mesh.devices.size,
                 "platform": jax.devices()[0].platform, "process_count": jax.process_count(),
                 "materialize_conv_inputs": materialize, "discarded_records": discarded,
+                "eval_tta": config.eval_tta,
                 "data_report": ds.report, **prov})
   return writer
 
 
 def _compile_steps(config, run, mesh, repl, batch_sh, materialize):
-  """The jitted train step (state donated) and eval steps (the EMA's too, or ``None``).
-  A transfer run's step freezes what its plan says; one line says what trains when."""
+  """The jitted train step (state donated; with the lookahead of ``run.lookahead``) and eval
+  steps (the EMA's too, or ``None``), both with the test-time augmentation of config key
+  ``eval_tta``. A transfer run's step freezes what its plan says; one line says what trains
+  when."""
   ghost = config.batchnorm_stats == "per_device"
   # Inception crops and flips happen on the host (cnn_jax/data/imagenet_augment.py).
   inception = config.data.augment == "inception"
@@ -524,11 +622,15 @@ def _compile_steps(config, run, mesh, repl, batch_sh, materialize):
                             bn_groups=mesh.devices.size if ghost else 1,
                             group_sharding=batch_sh if ghost else None,
                             ema_decay=config.ema_decay,
-                            materialize_conv_inputs=materialize, **run.step_kwargs,
+                            materialize_conv_inputs=materialize, lookahead=run.lookahead,
+                            **run.step_kwargs,
                             **(plan.step_kwargs() if plan is not None else {})),
       donate_argnums=0, out_shardings=(repl, repl))
-  eval_step = jax.jit(steps.make_eval_step(run.model, **run.step_kwargs), out_shardings=repl)
-  ema_eval_step = (jax.jit(steps.make_eval_step(run.model, **run.step_kwargs, ema=True),
+  tta_level = steps.TTA_LEVELS[config.eval_tta]
+  eval_step = jax.jit(steps.make_eval_step(run.model, **run.step_kwargs, tta_level=tta_level),
+                      out_shardings=repl)
+  ema_eval_step = (jax.jit(steps.make_eval_step(run.model, **run.step_kwargs, ema=True,
+                                                tta_level=tta_level),
                            out_shardings=repl) if config.ema_decay else None)
   return train_step, eval_step, ema_eval_step
 

@@ -1,19 +1,32 @@
 """The airbench94 network (cnn_jax/models/airbench.py) and the speedrun recipe pieces
-(cnn_jax/speedrun.py): parameter count by hand, whitening kernel, optimizer, lookahead, TTA.
+(cnn_jax/speedrun.py, steps.tta_logits): parameter count by hand, whitening kernel,
+optimizer, lookahead, TTA; and the recipe through the trainer (config keys optim.name =
+'airbench_sgd', optim.schedule = 'triangle', section lookahead, model.whitening_images,
+eval_tta): validation, build_run, and a tiny run killed and resumed bit for bit.
 
 Expected values are derived here by hand or by an independent numpy construction, never by
-the functions under test. Inputs are tiny (batch 2) to keep the CPU time small.
+the functions under test. Inputs are tiny (batch 2; the trainer runs use 16x16 synthetic
+images and a narrow airbench94) to keep the CPU time small.
 """
 
-import functools
+import json
+import pathlib
+import shutil
+import warnings
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+import orbax.checkpoint as ocp
 import pytest
 
-from cnn_jax import models, speedrun
+from cnn_jax import checkpoint, models, speedrun, steps, train
+from cnn_jax import data as cnn_data
+from cnn_jax.config import (RESUME_MAY_CHANGE, base_config, check_resume, from_json,
+                            load_config_file, validate)
+from cnn_jax.data import loader as data_loader
+from cnn_jax.metric_writer import read_jsonl
 from cnn_jax.models import airbench
 
 
@@ -197,11 +210,11 @@ def test_tta_logits_weights_and_views():
             2: 0.25 * (f(x) + f(flip(x)))
                + 0.125 * (f(t_a) + f(flip(t_a)) + f(t_b) + f(flip(t_b)))}
   for level in (0, 1, 2):
-    got = speedrun.tta_logits(_linear_apply, variables, jnp.asarray(x), level)
+    got = steps.tta_logits(_linear_apply, variables, jnp.asarray(x), level)
     assert got.shape == (2, 10) and got.dtype == jnp.float32
     np.testing.assert_allclose(got, expect[level], rtol=1e-4, atol=1e-3)
   with pytest.raises(ValueError, match="level"):
-    speedrun.tta_logits(_linear_apply, variables, jnp.asarray(x), 3)
+    steps.tta_logits(_linear_apply, variables, jnp.asarray(x), 3)
 
 
 def test_tta_translation_direction():
@@ -214,17 +227,297 @@ def test_tta_translation_direction():
   def where(variables, img):
     return jnp.stack([jnp.sum(img[..., 0] * rows, (1, 2)), jnp.sum(img[..., 0] * cols, (1, 2)),
                       jnp.sum(img[..., 0] * cols ** 2, (1, 2))], -1)
-  got = np.asarray(speedrun.tta_logits(where, None, jnp.asarray(x), 2))[0]
+  got = np.asarray(steps.tta_logits(where, None, jnp.asarray(x), 2))[0]
   assert got[0] == pytest.approx(0.25 * (5 + 5) + 0.125 * (6 + 6 + 4 + 4))
   assert got[1] == pytest.approx(0.25 * (7 + 24) + 0.125 * (8 + 23 + 6 + 25))
   assert got[2] == pytest.approx(0.25 * (49 + 576) + 0.125 * (64 + 529 + 36 + 625))
 
 
 def test_registry_and_config():
-  from cnn_jax import config as cfg_lib
   assert "airbench94" in models.list_models()
-  c = cfg_lib.validate(cfg_lib.load_config_file("configs/cifar10_speedrun.py"))
+  c = validate(load_config_file("configs/cifar10_speedrun.py"))
   assert c.model.name == "airbench94" and c.batch_size == 1024
   assert c.optim.lr == pytest.approx(1.5) and c.optim.momentum == 0.85
   assert c.label_smoothing == 0.2 and c.data.crop_pad == 2
   assert c.data.flip_mode == "alternating"
+  # The full recipe, in the reference's values (airbench94.py hyp).
+  ref = speedrun.reference_hyperparameters(1024)
+  assert c.optim.name == "airbench_sgd" and c.optim.nesterov
+  assert c.optim.lr == pytest.approx(ref["lr"])
+  assert c.optim.weight_decay == pytest.approx(ref["weight_decay"])
+  assert (c.optim.bias_scaler, c.optim.whiten_bias_epochs) == (speedrun.REF_BIAS_SCALER,
+                                                              speedrun.REF_WHITEN_BIAS_EPOCHS)
+  assert c.optim.schedule == "triangle" and tuple(c.optim.triangle) == speedrun.REF_TRIANGLE
+  assert {k: c.lookahead[k] for k in speedrun.REF_LOOKAHEAD} == speedrun.REF_LOOKAHEAD
+  assert (c.model.whitening_images, c.model.whitening_eps) == (5000, 5e-4)
+  assert c.eval_tta == "flip_translate" and c.ema_decay == 0.0
+  assert isinstance(c.num_epochs, int)
+
+
+# --- The recipe through the trainer -------------------------------------------------------
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("optim.name", "lamb", r"optim.name = 'lamb'; expected one of \('sgd', 'adamw', "
+                           r"'airbench_sgd'\)"),
+    ("optim.schedule", "linear", r"optim.schedule = 'linear'; expected one of"),
+    ("optim.triangle", (0.2, 1.0, 0.07), r"optim.triangle = \(0.2, 1.0, 0.07\); expected "
+                                         r"\(start, peak_position, end\)"),
+    ("optim.triangle", (0.2, 0.23), r"optim.triangle = \(0.2, 0.23\); expected"),
+    ("optim.bias_scaler", 0.0, r"optim.bias_scaler = 0.0; expected > 0"),
+    ("optim.whiten_bias_epochs", -1.0, r"optim.whiten_bias_epochs = -1.0; expected >= 0"),
+    ("lookahead.every_n_steps", -5, r"lookahead.every_n_steps = -5; expected >= 0"),
+    ("lookahead.decay_base", 1.5, r"lookahead.decay_base = 1.5; expected \(0, 1\]"),
+    ("model.whitening_images", -1, r"model.whitening_images = -1; expected >= 0"),
+    ("model.whitening_eps", 0.0, r"model.whitening_eps = 0.0; expected > 0"),
+    ("eval_tta", "crops", r"eval_tta = 'crops'; expected one of \('none', 'flip', "
+                          r"'flip_translate'\)"),
+])
+def test_recipe_keys_validate_with_the_key_expected_and_got(key, value, match):
+  c = base_config()
+  section, _, leaf = key.rpartition(".")
+  (c[section] if section else c)[leaf] = value
+  with pytest.raises(ValueError, match=match):
+    validate(c)
+
+
+def test_recipe_key_combinations_and_old_config_json():
+  c = base_config()
+  c.optim.schedule = "triangle"  # warm-up left at its default 1.0
+  with pytest.raises(ValueError, match=r"optim.warmup_epochs = 1.0; expected 0 with "
+                                       r"optim.schedule = 'triangle'"):
+    validate(c)
+  c.optim.warmup_epochs = 0.0
+  validate(c)
+  c = base_config()
+  c.lookahead.every_n_steps, c.ema_decay = 5, 0.99
+  with pytest.raises(ValueError, match=r"lookahead.every_n_steps = 5 and config key "
+                                       r"ema_decay = 0.99: expected at most one"):
+    validate(c)
+  # A config.json logged before these keys existed loads with their defaults (off), validates
+  # and resumes under today's base_config; eval_tta may change on resume, the rest may not.
+  old = base_config().to_dict()
+  for section, key in (("optim", "triangle"), ("optim", "bias_scaler"),
+                       ("optim", "whiten_bias_epochs"), ("model", "whitening_images"),
+                       ("model", "whitening_eps")):
+    del old[section][key]
+  del old["lookahead"], old["eval_tta"]
+  logged = validate(from_json(json.dumps(old)))
+  assert logged.lookahead.every_n_steps == 0 and logged.model.whitening_images == 0
+  assert logged.eval_tta == "none" and logged.optim.name == "sgd"
+  assert "eval_tta" in RESUME_MAY_CHANGE
+  now = base_config()
+  now.eval_tta = "flip_translate"
+  check_resume(logged, now)
+  now.lookahead.every_n_steps = 5
+  with pytest.raises(ValueError, match=r"lookahead.every_n_steps: 0 in config.json, 5 now"):
+    check_resume(logged, now)
+
+
+def _synthetic(n_train=96, n_test=20, size=16, seed=0) -> cnn_data.Dataset:
+  """A tiny in-memory dataset: uint8 ``(N, size, size, 3)`` noise, labels cycling 0..9."""
+  rng = np.random.default_rng(seed)
+  images = lambda n: rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+  labels = lambda n: (np.arange(n) % 10).astype(np.int32)
+  return cnn_data.Dataset(images(n_train), labels(n_train), images(n_test), labels(n_test),
+                          tuple(f"c{i}" for i in range(10)), np.array([125.0, 123.0, 114.0],
+                                                                      np.float32),
+                          np.array([63.0, 62.0, 66.0], np.float32), "synthetic")
+
+
+SYNTHETIC = _synthetic()
+
+
+def _recipe_config(**overrides):
+  """The speedrun recipe's keys on a narrow airbench94, 16x16 synthetic data: 3 steps of 32
+  per epoch, 2 epochs; lookahead from epoch 1 every 2 steps (syncs after steps 4 and 6)."""
+  c = base_config()
+  c.model.name = "airbench94"
+  c.model.kwargs.widths = (8, 16, 16)
+  c.model.whitening_images = 40
+  c.data.name = "synthetic"
+  c.data.loader = "memory"  # 'auto' would look the name up in the datasets table
+  c.batch_size, c.eval_batch_size, c.num_epochs = 32, 10, 2
+  c.label_smoothing = 0.2
+  c.optim.name, c.optim.lr, c.optim.momentum = "airbench_sgd", 0.5, 0.85
+  c.optim.weight_decay = 1e-3
+  c.optim.schedule, c.optim.warmup_epochs = "triangle", 0.0
+  c.optim.whiten_bias_epochs = 1.0
+  c.lookahead.every_n_steps, c.lookahead.start_epochs = 2, 1.0
+  c.eval_tta = "flip_translate"
+  c.eval_every_epochs = 2  # one evaluation, at the end
+  c.log_every_steps = 2
+  c.progress_bar = c.tensorboard = False
+  for k, v in overrides.items():
+    section, _, leaf = k.rpartition(".")
+    (c[section] if section else c)[leaf] = v
+  return validate(c)
+
+
+_SHARDING = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
+def test_build_run_gives_the_triangle_schedule_and_airbench_optimizer():
+  c = _recipe_config()
+  run = train.build_run(c, SYNTHETIC, _SHARDING)
+  total = 3 * 2
+  peak = int(0.23 * total)  # step 1
+  assert run.steps_per_epoch == 3
+  # 0.2 lr at step 0, lr at the peak, then linear to 0.07 lr at the last step.
+  np.testing.assert_allclose([float(run.schedule(s)) for s in (0, peak, 3.5, total)],
+                             [0.1, 0.5, 0.5 + (0.035 - 0.5) * 2.5 / 5, 0.035], rtol=1e-6)
+  assert isinstance(run.abstract_state, steps.LookaheadTrainState)
+  assert run.lookahead is not None
+  assert jax.tree.structure(run.abstract_state.lookahead.slow) == jax.tree.structure(
+      {"params": run.abstract_state.params, "batch_stats": run.abstract_state.batch_stats})
+  # One update on all-ones gradients at step 0 (lr 0.1; Nesterov's first step is
+  # -lr (1 + m) g): kernels -0.1 * 1.85 (1 + wd w), BatchNorm biases -0.1 * 1.85 (64 + wd w),
+  # the whitening kernel frozen, its bias trains (epoch 0 < whiten_bias_epochs).
+  params = jax.tree.map(lambda a: jnp.full(a.shape, 0.5, a.dtype), run.abstract_state.params)
+  upd = jax.jit(lambda p: run.tx.update(jax.tree.map(jnp.ones_like, p), run.tx.init(p), p)[0])(
+      params)
+  lr1 = -0.1 * 1.85
+  for path, want in ((("block1", "conv1", "kernel"), lr1 * (1 + 1e-3 * 0.5)),
+                     (("block2", "norm1", "bias"), lr1 * (64 + 1e-3 * 0.5)),
+                     (("whiten", "kernel"), 0.0),
+                     (("whiten", "bias"), lr1 * (1 + 1e-3 * 0.5))):
+    got = upd
+    for k in path:
+      got = got[k]
+    np.testing.assert_allclose(got, want, rtol=1e-5, err_msg="/".join(path))
+  # Off: the plain TrainState, as before lookahead existed.
+  plain = train.build_run(_recipe_config(**{"lookahead.every_n_steps": 0}), SYNTHETIC,
+                          _SHARDING)
+  assert type(plain.abstract_state) is steps.TrainState and plain.lookahead is None
+  # Keys that would act on nothing in another model are refused, naming the key.
+  with pytest.raises(ValueError, match=r"model.whitening_images = 40 .* 'cifar10_cnn' has no "
+                                       r"'whiten/kernel'"):
+    train.build_run(_recipe_config(**{"model.name": "cifar10_cnn", "model.kwargs": {}}),
+                    SYNTHETIC, _SHARDING)
+  with pytest.raises(ValueError, match=r"optim.bias_scaler = 64.0 .* 'cifar10_cnn' has none"):
+    train.build_run(_recipe_config(**{"model.name": "cifar10_cnn", "model.kwargs": {},
+                                      "model.whitening_images": 0}), SYNTHETIC, _SHARDING)
+
+
+class _Toy(nn.Module):
+  """logits[n, k] = sum(x[n] * W[k]): every pixel position matters, so translations and
+  mirrors change the logits."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    w = self.param("W", nn.initializers.normal(1.0), (10, *x.shape[1:]))
+    return jnp.einsum("nhwc,khwc->nk", x, w)
+
+
+def test_eval_step_flip_translate_is_the_reference_level_2():
+  """make_eval_step(tta_level=2) (what eval_tta = 'flip_translate' builds) scores the
+  reference's six views: 1/4 each for the image and its mirror, 1/8 each for the image
+  shifted one pixel down-right and one up-left (reflect fill) and their mirrors."""
+  rng = np.random.default_rng(1)
+  h = w = 8
+  images = rng.integers(0, 256, (5, h, w, 3), dtype=np.uint8)
+  labels = rng.integers(0, 10, (5,)).astype(np.int32)
+  mean, std = np.array([120.0, 110.0, 100.0]), np.array([60.0, 50.0, 40.0])
+  model = _Toy()
+  variables = model.init(jax.random.key(0), jnp.zeros((1, h, w, 3)))
+  weight = np.asarray(variables["params"]["W"], np.float64)
+  state = steps.TrainState(jnp.zeros((), jnp.int32), variables["params"], {}, None)
+  x = (images.astype(np.float64) - mean) / std
+  f = lambda v: np.einsum("nhwc,khwc->nk", v, weight)
+  flip = lambda v: v[:, :, ::-1]
+  # The reference's translate: pad 1 by reflection, crop at (0, 0) and at (2, 2); here by
+  # explicit loops over output pixels, reflection written out.
+  refl = lambda i, n: -i if i < 0 else (2 * (n - 1) - i if i >= n else i)
+  shifted = lambda d: np.stack([[[x[k, refl(i + d, h), refl(j + d, w)] for j in range(w)]
+                                 for i in range(h)] for k in range(len(x))])
+  t_down, t_up = shifted(-1), shifted(+1)
+  views = {0: [(1.0, x)], 1: [(0.5, x), (0.5, flip(x))],
+           2: [(0.25, x), (0.25, flip(x)), (0.125, t_down), (0.125, flip(t_down)),
+               (0.125, t_up), (0.125, flip(t_up))]}
+  mask = np.array([1, 1, 1, 1, 0], np.float32)  # the last row is padding
+  for level in (0, 1, 2):
+    logits = sum(c * f(v) for c, v in views[level])
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    eval_step = steps.make_eval_step(model, num_classes=10, mean=mean, std=std,
+                                     tta_level=level)  # eager: cheaper than 3 compiles
+    got = eval_step(state, images, labels, mask)
+    np.testing.assert_allclose(float(got["loss_sum"]),
+                               -(logp[np.arange(5), labels] * mask).sum(), rtol=1e-5)
+    assert float(got["correct"]) == ((logits.argmax(1) == labels) * mask).sum()
+  # The views differ (else the level-2 check could not fail): each changes the logits.
+  assert all(not np.allclose(f(x), f(v)) for _, v in views[2][1:])
+  flip_step = steps.make_eval_step(model, num_classes=10, mean=mean, std=std, flip_tta=True)
+  level1 = steps.make_eval_step(model, num_classes=10, mean=mean, std=std, tta_level=1)
+  assert flip_step(state, images, labels, mask) == level1(state, images, labels, mask)
+  with pytest.raises(ValueError, match="not both"):
+    steps.make_eval_step(model, num_classes=10, mean=mean, std=std, flip_tta=True,
+                         tta_level=2)
+
+
+def _checkpoint_arrays(workdir, step) -> dict:
+  """``{path: array}`` of checkpoint ``step`` in ``workdir``, as saved."""
+  path = pathlib.Path(workdir).absolute() / "checkpoints" / str(step) / "default"
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr, warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)  # "sharding info not provided": NumPy wanted
+    tree = ckptr.restore(path)
+  return {checkpoint.key_path_str(p): np.asarray(x)
+          for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_recipe_run_whitens_once_and_resumes_lookahead_bit_identical(tmp_path, monkeypatch):
+  """The recipe through train_and_evaluate (checkpoint every step): the whitening kernel is
+  computed on the fresh run (from the seeded subset, normalised as the step does) and kept
+  frozen; step 5's checkpoint holds an active lookahead (synced after step 4). A run killed
+  right after that save (its workdir without checkpoint 6) resumes without whitening
+  again and ends with every array equal to the uninterrupted run's: step 6's lookahead
+  update uses the restored slow weights. Evaluation uses TTA level 2."""
+  fake = lambda data_config: SYNTHETIC
+  monkeypatch.setattr(cnn_data, "load", fake)
+  monkeypatch.setattr(data_loader, "load", fake)
+  calls = {"whiten": 0, "tta": []}
+  real_init_whitening, real_eval = airbench.init_whitening, steps.make_eval_step
+
+  def spy_whiten(*args, **kwargs):
+    calls["whiten"] += 1
+    return real_init_whitening(*args, **kwargs)
+
+  def spy_eval(*args, **kwargs):
+    calls["tta"].append(kwargs.get("tta_level"))
+    return real_eval(*args, **kwargs)
+
+  monkeypatch.setattr(airbench, "init_whitening", spy_whiten)
+  monkeypatch.setattr(steps, "make_eval_step", spy_eval)
+  # Checkpoints at steps 5 and 6; fewer ops to compile without the CPU conv-input option.
+  cfg = _recipe_config(checkpoint_every_steps=5, materialize_conv_inputs="off")
+  ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+  ref_final = train.train_and_evaluate(cfg, str(ref_dir))
+  assert calls == {"whiten": 1, "tta": [2]}
+  assert checkpoint.saved_steps(ref_dir) == [5, 6]
+
+  # The kernel: the whitening of the seeded subset's patches (normalised pixels), frozen.
+  idx = train.whitening_indices(cfg.seed, 96, 40)
+  assert len(set(idx.tolist())) == 40 and idx.min() >= 0 and idx.max() < 96
+  x = (SYNTHETIC.train_images[idx].astype(np.float32) - SYNTHETIC.mean) / SYNTHETIC.std
+  want = airbench.whitening_kernel(x, eps=cfg.model.whitening_eps)
+  at5, ref6 = _checkpoint_arrays(ref_dir, 5), _checkpoint_arrays(ref_dir, 6)
+  np.testing.assert_allclose(at5["params/whiten/kernel"], want, rtol=1e-6)
+  np.testing.assert_array_equal(ref6["params/whiten/kernel"], at5["params/whiten/kernel"])
+  # Lookahead: active since the sync after step 4, its slow weights apart from the weights.
+  assert at5["lookahead/active"]
+  assert not np.array_equal(at5["lookahead/slow/params/block1/conv1/kernel"],
+                            at5["params/block1/conv1/kernel"])
+
+  # Killed after step 5's save: the workdir as it was then.
+  shutil.copytree(ref_dir, run_dir)
+  shutil.rmtree(run_dir / "checkpoints" / "6")
+  resumed = train.train_and_evaluate(cfg, str(run_dir))
+  assert calls == {"whiten": 1, "tta": [2, 2]}  # not whitened again
+  got6 = _checkpoint_arrays(run_dir, 6)
+  assert list(got6) == list(ref6)
+  for path, want_arr in ref6.items():
+    np.testing.assert_array_equal(got6[path], want_arr, err_msg=path)
+  assert resumed["test_loss"] == ref_final["test_loss"]
+  starts = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("event")]
+  assert [(s["step"], s.get("whitening_images"), s["eval_tta"]) for s in starts] == [
+      (0, 40, "flip_translate"), (5, None, "flip_translate")]
