@@ -1,8 +1,9 @@
-"""Evaluate a run's newest checkpoint on the test set, optionally with flip TTA.
+"""Evaluate a run's newest checkpoint on the test set, optionally with test-time augmentation.
 
-``python -m cnn_jax.evaluate --workdir <dir> [--flip-tta] [--ema] [--data-dir <dir>]`` prints
-one JSON line: ``workdir``, ``step``, ``test_accuracy`` (fraction), ``test_loss``,
-``test_count``, ``flip_tta``, ``ema``, ``wall_s`` (seconds) and the provenance of
+``python -m cnn_jax.evaluate --workdir <dir> [--tta none|flip|flip_translate] [--flip-tta]
+[--ema] [--data-dir <dir>]`` prints one JSON line: ``workdir``, ``step``, ``test_accuracy``
+(fraction), ``test_loss``, ``test_count``, ``tta``, ``flip_tta``, ``ema``, ``wall_s`` (seconds)
+and the provenance of
 :mod:`cnn_jax.provenance`. It rebuilds model, optimizer state and data from the workdir's
 ``config.json`` (as timm's ``validate.py`` does from a checkpoint), so a finished run can be
 re-scored without training. :func:`restore_run` (the rebuild and restore alone) is shared
@@ -127,36 +128,46 @@ def restore_run(workdir: str | pathlib.Path, *, data_dir: str | None = None,
 
 
 def evaluate_checkpoint(workdir: str | pathlib.Path, *, flip_tta: bool = False,
-                        ema: bool = False, data_dir: str | None = None) -> dict:
+                        ema: bool = False, data_dir: str | None = None,
+                        tta: str | None = None) -> dict:
   """Scores the newest checkpoint in ``<workdir>/checkpoints`` on every test image once.
 
   Args:
     workdir: a ``cnn_jax.train`` workdir (``config.json`` and ``checkpoints/``); config keys
       that :func:`cnn_jax.config.base_config` gained after the run take their defaults.
-    flip_tta: average the logits of each image and its horizontal mirror (see
-      :func:`cnn_jax.steps.make_eval_step`).
+    flip_tta: average the logits of each image and its horizontal mirror (``tta='flip'``).
+    tta: ``'none'``, ``'flip'`` or ``'flip_translate'`` (:data:`cnn_jax.steps.TTA_LEVELS`,
+      :func:`cnn_jax.steps.tta_logits`); ``None``: ``'flip'`` with ``flip_tta``, else the
+      run's own config key ``eval_tta`` (what its logged evaluations used).
     ema: score the exponential moving average of the weights that a run with
       ``ema_decay > 0`` keeps, instead of the weights.
     data_dir: overrides the config's ``data.dir`` (e.g. the run was made on another machine).
 
   The test set is read through the run's loader in the run's evaluation batches
   (``config.eval_batch_size``, the last one padded and masked), exactly as the trainer's
-  evaluations read it, so without ``flip_tta`` the result is the run's logged final
+  evaluations read it, so without ``tta`` and ``flip_tta`` the result is the run's logged final
   ``test_accuracy`` (and ``ema_test_accuracy`` with ``ema``), for the in-memory and the
   Grain loader alike.
 
   Returns:
     ``{'step': int (train steps of the checkpoint), 'test_accuracy': float (fraction of
     the test images whose top-1 class is right), 'test_loss': float (mean cross-entropy,
-    nats), 'test_count': int (test images scored), 'flip_tta': bool, 'ema': bool}``.
+    nats), 'test_count': int (test images scored), 'tta': str, 'flip_tta': bool (``tta ==
+    'flip'``), 'ema': bool}``.
 
   Raises:
     FileNotFoundError: no ``config.json`` or no checkpoint in ``workdir``.
     KeyError / ValueError: the config does not validate; ``ema=True`` for a run trained
       without EMA; config key ``eval_batch_size`` does not divide by this machine's device
-      count; cnn_jax.data.DataError: bad data.
+      count; ``tta`` not a :data:`cnn_jax.steps.TTA_LEVELS` name, or ``flip_tta`` with
+      another ``tta``; cnn_jax.data.DataError: bad data.
   """
+  if tta is not None and tta not in steps.TTA_LEVELS:
+    raise ValueError(f"evaluate: tta must be one of {sorted(steps.TTA_LEVELS)}, got {tta!r}")
+  if flip_tta and tta not in (None, "flip"):
+    raise ValueError(f"evaluate: flip_tta=True is tta='flip', and tta={tta!r} was given")
   config = load_run_config(workdir, data_dir)
+  tta = tta or ("flip" if flip_tta else config.eval_tta)
   if ema and not config.ema_decay:
     cfg_path = pathlib.Path(workdir) / "config.json"
     raise ValueError(f"{cfg_path}: ema_decay = {config.ema_decay}, so the run kept no EMA of "
@@ -164,26 +175,30 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, *, flip_tta: bool = False,
   r = restore_run(workdir, config=config)
   run, state = r.run, r.state
   parallel.check_batch_size(config.eval_batch_size, r.batch_sharding.mesh, "eval_batch_size")
-  eval_step = jax.jit(steps.make_eval_step(run.model, **run.step_kwargs, flip_tta=flip_tta,
-                                           ema=ema), out_shardings=r.repl)
+  eval_step = jax.jit(steps.make_eval_step(run.model, **run.step_kwargs,
+                                           tta_level=steps.TTA_LEVELS[tta], ema=ema),
+                      out_shardings=r.repl)
   # The trainer's evaluation (cnn_jax.train._Loop.evaluate): the loader's test batches.
   rec = evaluate_batches(eval_step, state,
                          r.ds.eval_batches(config.eval_batch_size, r.batch_sharding))
-  return {"step": int(parallel.to_host(state.step)), **rec, "flip_tta": flip_tta, "ema": ema}
+  return {"step": int(parallel.to_host(state.step)), **rec, "tta": tta,
+          "flip_tta": tta == "flip", "ema": ema}
 
 
 def main(argv: list[str] | None = None) -> None:
   """Command line: see the module docstring."""
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--workdir", required=True, help="a cnn_jax.train workdir")
-  p.add_argument("--flip-tta", action="store_true", help="average logits with the mirror image")
+  p.add_argument("--tta", choices=sorted(steps.TTA_LEVELS), default=None,
+                 help="test-time augmentation (default: the run's config key eval_tta)")
+  p.add_argument("--flip-tta", action="store_true", help="the same as --tta flip")
   p.add_argument("--ema", action="store_true",
                  help="score the EMA of the weights (runs trained with ema_decay > 0)")
   p.add_argument("--data-dir", default=None, help="override the config's data.dir")
   args = p.parse_args(argv)
   t0 = time.time()
   rec = evaluate_checkpoint(args.workdir, flip_tta=args.flip_tta, ema=args.ema,
-                            data_dir=args.data_dir)
+                            data_dir=args.data_dir, tta=args.tta)
   # Code and hardware of this evaluation, so a re-scored number is traceable like a run's.
   print(json.dumps({"workdir": str(args.workdir), **rec, "wall_s": time.time() - t0,
                     **provenance.run_provenance()}))

@@ -4,6 +4,7 @@ numbers (the in-memory loader's case: tests/test_train.py, end-to-end test)."""
 import json
 
 import numpy as np
+import pytest
 
 from cnn_jax import checkpoint, evaluate, train
 from cnn_jax.metric_writer import read_jsonl
@@ -51,3 +52,15 @@ def test_grain_inception_run_rescored_to_its_logged_accuracy(tmp_path, cache_dir
       np.concatenate([np.asarray(x) for x, _, _ in scored_batches])[:12], r.ds.test_images)
   np.testing.assert_array_equal(
       np.concatenate([np.asarray(y) for _, y, _ in scored_batches])[:12], r.ds.test_labels)
+
+  # Test-time augmentation: by default the run's own eval_tta (what its logs used); --tta
+  # overrides it, and --flip-tta is --tta flip.
+  flip = evaluate.evaluate_checkpoint(wd, tta="flip")
+  assert flip["tta"] == "flip" and flip["flip_tta"]
+  assert flip["test_loss"] != scored["test_loss"]  # another view of the same images
+  assert evaluate.evaluate_checkpoint(wd, flip_tta=True)["test_loss"] == flip["test_loss"]
+  cfg_file = wd / "config.json"
+  cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "eval_tta": "flip"}))
+  assert evaluate.evaluate_checkpoint(wd)["test_loss"] == flip["test_loss"]
+  with pytest.raises(ValueError, match="tta must be one of"):
+    evaluate.evaluate_checkpoint(wd, tta="mirror")
