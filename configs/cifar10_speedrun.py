@@ -11,7 +11,11 @@ Run (offline, with the JPEG copy of CIFAR-10)::
 Expected: not yet run for a full result (only a smoke run of a few steps, which shows the
 recipe trains; no accuracy or wall clock is claimed here). The reference reports 94.01%
 mean test top-1 (TTA level 2) in 3.83 s on one A100 (the repository's README); whether this
-port reaches it, and in what CPU time, is what the first full runs will tell.
+port reaches it is what the first full runs will tell. Time on the 2-core AMD EPYC of
+2026-12-03 (``python -m cnn_jax.benchmark --model airbench94 --batch 1024``, idle): 174.6
+train images/s, so ~47 minutes of training plus ~1.5 minutes of TTA evaluation: the
+30-minute target needs a 1.7x faster step, above the machine's measured fp32 matmul peak
+(experiments/performance_log.md, entry 12).
 
 The reference's recipe, key by key (the reference's ``hyp`` in brackets):
 
