@@ -67,9 +67,21 @@ def _config(root, cache, **data_kw):
     ("optim.lr", 0.0, "config key optim.lr = 0.0; expected > 0"),
     ("optim.lr", -0.1, "config key optim.lr = -0.1; expected > 0"),
     ("optim.name", "rmsprop", r"config key optim.name = 'rmsprop'; expected one of "
-                              r"\('sgd', 'adamw'\)"),
+                              r"\('sgd', 'adamw', 'airbench_sgd'\)"),
     ("optim.schedule", "linear", r"config key optim.schedule = 'linear'; expected one of "
-                                 r"\('cosine', 'piecewise', 'constant'\)"),
+                                 r"\('cosine', 'piecewise', 'constant', 'triangle'\)"),
+    # The speedrun recipe's keys (configs/cifar10_speedrun.py).
+    ("optim.triangle", (0.2, 1.0, 0.07), r"optim.triangle = \(0.2, 1.0, 0.07\); expected "
+                                         r"\(start, peak_position, end\)"),
+    ("optim.triangle", (0.2, 0.23), r"optim.triangle = \(0.2, 0.23\); expected"),
+    ("optim.bias_scaler", 0.0, r"optim.bias_scaler = 0.0; expected > 0"),
+    ("optim.whiten_bias_epochs", -1.0, r"optim.whiten_bias_epochs = -1.0; expected >= 0"),
+    ("lookahead.every_n_steps", -5, r"lookahead.every_n_steps = -5; expected >= 0"),
+    ("lookahead.decay_base", 1.5, r"lookahead.decay_base = 1.5; expected \(0, 1\]"),
+    ("model.whitening_images", -1, r"model.whitening_images = -1; expected >= 0"),
+    ("model.whitening_eps", 0.0, r"model.whitening_eps = 0.0; expected > 0"),
+    ("eval_tta", "crops", r"eval_tta = 'crops'; expected one of \('none', 'flip', "
+                          r"'flip_translate'\)"),
 ])
 def test_out_of_range_or_unknown_values_name_the_key_and_what_is_expected(key, value, match):
   c = base_config()
