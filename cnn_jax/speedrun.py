@@ -150,11 +150,12 @@ def airbench_optimizer(lr: float, momentum: float, weight_decay: float, total_st
 
   Nesterov SGD (``momentum``; heavy-ball with ``nesterov=False``) with coupled L2 decay
   ``weight_decay`` on *every* trainable leaf (the reference decays all parameter groups,
-  BatchNorm biases and the whitening bias included), the gradient of BatchNorm biases multiplied by ``bias_scaler`` before the decay
-  is added (the reference's ``lr_biases = 64 lr`` with ``weight_decay = wd / lr_biases``:
-  the same decay per step, a 64x gradient step), the learning rate
-  ``schedule`` (default :func:`triangle_schedule` of ``lr``), the whitening kernel frozen and
-  its bias frozen after ``whiten_bias_epochs`` (:func:`freeze_schedule`).
+  BatchNorm biases and the whitening bias included), the gradient of BatchNorm biases
+  multiplied by ``bias_scaler`` before the decay is added (the reference's ``lr_biases =
+  64 lr`` with ``weight_decay = wd / lr_biases``: the same decay per step, a 64x gradient
+  step), the learning rate ``schedule`` (default :func:`triangle_schedule` of ``lr``), the
+  whitening kernel frozen and its bias frozen after ``whiten_bias_epochs``
+  (:func:`freeze_schedule`).
 
   Args:
     lr, momentum, weight_decay: in this project's parametrisation
