@@ -4,15 +4,14 @@ import json
 import pathlib
 import shutil
 
-import jax
 import numpy as np
 import pytest
 
-from cnn_jax import checkpoint, parallel, steps, train
+from cnn_jax import checkpoint, parallel, train
 from cnn_jax.config import validate
 from cnn_jax.data import loader
 from cnn_jax.metric_writer import read_jsonl
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, wrap_train_step
 
 
 def _batches(data_config, seed, *, batch_size, steps_per_epoch, num_epochs, start_step=0):
@@ -85,30 +84,18 @@ def _small_cifar_folder(cifar10_dir: pathlib.Path, dst: pathlib.Path, train=8, t
   return dst
 
 
-def _recording_step(seen: list, crash_after: int | None):
-  """make_train_step replacement that records (step, image bytes) and can crash."""
-  real, real_jit = steps.make_train_step, jax.jit
-
-  def make(*args, **kwargs):
-    inner = real_jit(real(*args, **kwargs), donate_argnums=0)
-    calls = {"n": 0}
-
-    def crashing(state, x, y):
-      calls["n"] += 1
-      if crash_after is not None and calls["n"] > crash_after:
-        raise KeyboardInterrupt("simulated kill")
-      seen.append((int(state.step), np.asarray(x).tobytes()))
-      return inner(state, x, y)
-    return crashing
-  return make, real_jit
-
-
 def _run(cfg, workdir, monkeypatch, crash_after=None):
+  """Trains ``cfg`` in ``workdir``, recording (step, image bytes) of every train batch;
+  a simulated kill after ``crash_after`` steps if given. Returns (result, records)."""
   seen = []
-  make, real_jit = _recording_step(seen, crash_after)
-  monkeypatch.setattr(steps, "make_train_step", make)
-  monkeypatch.setattr(jax, "jit", lambda f, **kw: f if f.__name__ == "crashing"
-                      else real_jit(f, **kw))
+
+  def record(n, step, state, x, y):
+    if crash_after is not None and n > crash_after:
+      raise KeyboardInterrupt("simulated kill")
+    seen.append((int(state.step), np.asarray(x).tobytes()))
+    return step(state, x, y)
+
+  wrap_train_step(monkeypatch, record)
   try:
     return train.train_and_evaluate(cfg, str(workdir)), seen
   finally:

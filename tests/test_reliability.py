@@ -34,7 +34,7 @@ from cnn_jax import checkpoint, metric_writer, models, optim, steps, train
 from cnn_jax import data as cnn_data
 from cnn_jax.config import base_config
 from cnn_jax.metric_writer import read_jsonl
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, wrap_train_step
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -82,22 +82,10 @@ def _newest_checkpoint(workdir) -> tuple[int, dict]:
 def _wrap_train_step(monkeypatch, after_call):
   """Makes the trainer's train step call ``after_call(n, state) -> state`` after its n-th
   call (n from 1), on the state it returns; the real step stays jitted."""
-  real, real_jit = steps.make_train_step, jax.jit
-
-  def make(*args, **kwargs):
-    inner = real_jit(real(*args, **kwargs), donate_argnums=0)
-    calls = {"n": 0}
-
-    def wrapped_step(state, x, y):
-      state, metrics = inner(state, x, y)
-      calls["n"] += 1
-      return after_call(calls["n"], state), metrics
-    return wrapped_step
-
-  monkeypatch.setattr(steps, "make_train_step", make)
-  # The trainer jits what make_train_step returns; let the wrapper run eagerly.
-  monkeypatch.setattr(jax, "jit", lambda f, **kw: f if f.__name__ == "wrapped_step"
-                      else real_jit(f, **kw))
+  def around(n, step, state, x, y):
+    state, metrics = step(state, x, y)
+    return after_call(n, state), metrics
+  wrap_train_step(monkeypatch, around)
 
 
 # --- Item 2: SIGTERM / SIGINT -------------------------------------------------------------
@@ -323,23 +311,16 @@ def test_init_from_takes_weights_and_batchnorm_statistics_only(
   cfg = _config(cifar10_dir, cache_dir, num_epochs=1)
   cfg.init_from, cfg.optim.name, cfg.ema_decay = str(ref_dir), "adamw", 0.5
   first = {}
-  real, real_jit = steps.make_train_step, jax.jit
 
-  def make(*args, **kwargs):
-    inner = real_jit(real(*args, **kwargs), donate_argnums=0)
+  def record_first(n, step, state, x, y):
+    if n == 1:
+      first.update(jax.tree.map(np.asarray, {"step": state.step, "params": state.params,
+                                             "batch_stats": state.batch_stats,
+                                             "opt_state": state.opt_state,
+                                             "ema": state.ema}))
+    return step(state, x, y)
 
-    def wrapped_step(state, x, y):
-      if not first:
-        first.update(jax.tree.map(np.asarray, {"step": state.step, "params": state.params,
-                                               "batch_stats": state.batch_stats,
-                                               "opt_state": state.opt_state,
-                                               "ema": state.ema}))
-      return inner(state, x, y)
-    return wrapped_step
-
-  monkeypatch.setattr(steps, "make_train_step", make)
-  monkeypatch.setattr(jax, "jit", lambda f, **kw: f if f.__name__ == "wrapped_step"
-                      else real_jit(f, **kw))
+  wrap_train_step(monkeypatch, record_first)
   train.train_and_evaluate(cfg, str(tmp_path))
   monkeypatch.undo()
   assert first["step"] == 0

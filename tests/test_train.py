@@ -18,7 +18,7 @@ from cnn_jax import models, optim, provenance, report, steps, train, xla_cpu
 from cnn_jax.config import base_config
 from cnn_jax.data import DataError, loader
 from cnn_jax.metric_writer import read_jsonl
-from tests.conftest import tiny_config
+from tests.conftest import kill_after, tiny_config, wrap_train_step
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -210,23 +210,7 @@ def test_end_to_end_logs_checkpoints_and_resumes(cifar10_dir, cache_dir, tmp_pat
   assert f"| {100 * evals[-1]['test_accuracy']:.2f} |" in table[2]
 
   # Interrupted run: raise after 4 steps (the epoch-1 checkpoint at step 3 exists).
-  real, real_jit = steps.make_train_step, jax.jit
-
-  def make_crashing(*args, **kwargs):
-    inner = real_jit(real(*args, **kwargs), donate_argnums=0)
-    calls = {"n": 0}
-
-    def crashing(state, x, y):
-      calls["n"] += 1
-      if calls["n"] > 4:
-        raise KeyboardInterrupt("simulated kill")
-      return inner(state, x, y)
-    return crashing
-
-  monkeypatch.setattr(steps, "make_train_step", make_crashing)
-  # The trainer jits what make_train_step returns; let the crashing wrapper run eagerly.
-  monkeypatch.setattr(jax, "jit", lambda f, **kw: f if f.__name__ == "crashing"
-                      else real_jit(f, **kw))
+  wrap_train_step(monkeypatch, kill_after(4))
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(cfg, str(tmp_path / "b"))
   monkeypatch.undo()

@@ -19,11 +19,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cnn_jax import checkpoint, evaluate, models, optim, steps, train, transfer
+from cnn_jax import checkpoint, evaluate, models, optim, train, transfer
 from cnn_jax import data as cnn_data
 from cnn_jax.data import loader as data_loader
 from cnn_jax.checkpoint import key_path_str
 from cnn_jax.config import base_config, load_config_file, validate
+from tests.conftest import wrap_train_step
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BACKBONE = tuple(f"ConvBNReLU_{i}" for i in range(6))
@@ -102,23 +103,16 @@ def source(tmp_path_factory):
 def _record_states(monkeypatch) -> list:
   """Makes the trainer's train step append :func:`_host` of the state before its first call
   and after every call to the returned list; the real step stays jitted."""
-  real, real_jit = steps.make_train_step, jax.jit
   seen = []
 
-  def make(*args, **kwargs):
-    inner = real_jit(real(*args, **kwargs), donate_argnums=0)
-
-    def wrapped_step(state, x, y):
-      if not seen:
-        seen.append(_host(state))
-      state, metrics = inner(state, x, y)
+  def record(n, step, state, x, y):
+    if n == 1:
       seen.append(_host(state))
-      return state, metrics
-    return wrapped_step
+    state, metrics = step(state, x, y)
+    seen.append(_host(state))
+    return state, metrics
 
-  monkeypatch.setattr(steps, "make_train_step", make)
-  monkeypatch.setattr(jax, "jit", lambda f, **kw: f if f.__name__ == "wrapped_step"
-                      else real_jit(f, **kw))
+  wrap_train_step(monkeypatch, record)
   return seen
 
 
