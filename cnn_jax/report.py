@@ -236,6 +236,20 @@ def check_or_write_table(stem: str | pathlib.Path, header: list[str], rows: list
   return 0
 
 
+def table_main(doc: str, argv, stem: str | pathlib.Path, header: list[str], build,
+               plots=None) -> int:
+  """The whole command line of a table's ``report.py`` (``[--check]``, :func:`table_arguments`):
+  ``build() -> (rows, done)`` gives the table's rows and whatever ``plots(done)`` draws from
+  (the finished runs); the table is written or checked (:func:`check_or_write_table`), and the
+  plots are drawn only when writing. Returns the exit status."""
+  args = table_arguments(doc, argv)
+  rows, done = build()
+  rc = check_or_write_table(stem, header, rows, args.check)
+  if not args.check and plots is not None:
+    plots(done)
+  return rc
+
+
 def plot(metrics_path: str | pathlib.Path, out: str | pathlib.Path) -> None:
   """Writes train loss and test top-1 against epochs to ``out`` (PNG); test top-1 of the
   weight EMA too, for runs that kept one."""

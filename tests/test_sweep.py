@@ -79,7 +79,7 @@ def test_sweep_runs_a_missing_run_then_skips_it(tmp_path, cache_dir):
 
 
 @pytest.mark.parametrize("table", ["resnet_depth", "cifar10_families", "data_efficiency",
-                                   "tiny_imagenet10", "transfer_tin10"])
+                                   "tiny_imagenet10", "transfer_tin10", "cifar10_speedrun"])
 def test_committed_tables_rebuild_byte_for_byte(table):
   """Each table's report, run on the committed run logs, reproduces the committed
   table.md/table.csv exactly (the --check mode writes nothing)."""

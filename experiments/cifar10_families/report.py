@@ -64,14 +64,9 @@ def main(argv=None, runs=RUNS, family=FAMILY, table_dir=HERE,
          what=f"CIFAR-10 (JPEG copy), {budget.EPOCHS} epochs each") -> int:
   """The report's command line (``--check``); other tables over the same families pass
   their own ``runs``, ``table_dir`` and title."""
-  args = report.table_arguments(__doc__, argv)
-  table, done = build_rows(runs, family, table_dir)
-  rc = report.check_or_write_table(table_dir / "table", HEADER, table, args.check)
-  if args.check:
-    return rc
-  write_plots(done, table_dir, what)
-  return 0
-
+  return report.table_main(__doc__, argv, table_dir / "table", HEADER,
+                           lambda: build_rows(runs, family, table_dir),
+                           lambda done: write_plots(done, table_dir, what))
 
 if __name__ == "__main__":
   sys.exit(main())

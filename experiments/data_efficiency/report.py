@@ -70,19 +70,18 @@ def plot(done, out: pathlib.Path) -> None:
   plt.close(fig)
 
 
-def main(argv=None) -> int:
-  args = report.table_arguments(__doc__, argv)
-  table, done = rows()
-  rc = report.check_or_write_table(HERE / "table", HEADER, table, args.check)
-  if args.check:
-    return rc
+def plots(done) -> None:
+  """``top1_vs_data.png`` and the training curves of every finished run."""
   if any(done.values()):
     plot(done, HERE / "top1_vs_data.png")
     runs = [(f"{m} ({100 * f:g}%)", w) for m, d in done.items() for f, (w, _) in d.items()]
     report.plot_runs([w for _, w in runs], [n for n, _ in runs], HERE / "curves.png",
                      "CIFAR-10 (JPEG copy): 10% vs 100% of the training set, same steps")
-  return 0
 
+
+def main(argv=None) -> int:
+  """``[--check]``: writes (or checks) the table; writes the plots."""
+  return report.table_main(__doc__, argv, HERE / "table", HEADER, rows, plots)
 
 if __name__ == "__main__":
   sys.exit(main())

@@ -79,19 +79,18 @@ def plot_error_vs_depth(done: list[dict], out: pathlib.Path) -> None:
   plt.close(fig)
 
 
-def main(argv=None) -> int:
-  args = report.table_arguments(__doc__, argv)
-  table, done = rows()
-  rc = report.check_or_write_table(HERE / "table", HEADER, table, args.check)
-  if args.check:
-    return rc
+def plots(done: list[dict]) -> None:
+  """``error_vs_depth.png`` and the training curves of the finished runs."""
   plot_error_vs_depth(done, HERE / "error_vs_depth.png")
   if done:
     report.plot_runs([HERE / "runs" / f"resnet{r['depth']}" for r in done],
                      [f"ResNet-{r['depth']}" for r in done], HERE / "curves.png",
                      f"CIFAR ResNets, {budget.EPOCHS} epochs, CIFAR-10 (JPEG copy)")
-  return 0
 
+
+def main(argv=None) -> int:
+  """``[--check]``: writes (or checks) the table; writes the plots."""
+  return report.table_main(__doc__, argv, HERE / "table", HEADER, rows, plots)
 
 if __name__ == "__main__":
   sys.exit(main())

@@ -50,19 +50,17 @@ def rows() -> tuple[list[list[str]], list[pathlib.Path]]:
   return out, done
 
 
-def main(argv=None) -> int:
-  """``[--check]``: writes (or checks) the table; writes the curves of the finished runs."""
-  args = report.table_arguments(__doc__, argv)
-  table, done = rows()
-  rc = report.check_or_write_table(HERE / "table", HEADER, table, args.check)
-  if args.check:
-    return rc
+def plots(done) -> None:
+  """Training curves of the finished runs (``curves.png``)."""
   if done:
     report.plot_runs(done, ["scratch" if d.name == "resnet20" else d.name for d in done],
                      HERE / "curves.png",
                      f"ResNet-20 on Tiny-ImageNet-10, {budget.EPOCHS} epochs, from {SOURCE}")
-  return 0
 
+
+def main(argv=None) -> int:
+  """``[--check]``: writes (or checks) the table; writes the curves of the finished runs."""
+  return report.table_main(__doc__, argv, HERE / "table", HEADER, rows, plots)
 
 if __name__ == "__main__":
   sys.exit(main())

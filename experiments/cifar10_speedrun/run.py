@@ -1,0 +1,21 @@
+"""The CIFAR-10 speedrun (issue #24, item 3): airbench94's recipe, two seeds.
+
+    python -m experiments.cifar10_speedrun.run [--status] [--only seed0 ...] [--dry-run]
+
+Each run is ``configs/cifar10_speedrun.py`` with only ``seed`` changed, trained by
+``python -m cnn_jax.train`` in ``runs/seed<S>/`` (:mod:`cnn_jax.sweep`: one at a time,
+resumable). Target: >= 94.0% mean test top-1 (flip + translate TTA) over the two seeds in
+<= 30 minutes wall clock on the 2-core CPU.
+"""
+
+import pathlib
+import sys
+
+from cnn_jax import sweep
+
+CONFIG = "configs/cifar10_speedrun.py"
+SEEDS = (0, 1)
+RUNS = [sweep.Run(f"seed{s}", CONFIG, {"seed": s}) for s in SEEDS]
+
+if __name__ == "__main__":
+  sys.exit(sweep.main(RUNS, pathlib.Path(__file__).parent))
