@@ -8,13 +8,15 @@
 A twin is the same architecture, layer for layer, as the cnn_jax model of the same name:
 ``resnet20`` ... ``resnet110`` (``cnn_jax/models/resnet_cifar.py``, option A shortcuts: the
 identity subsampled with ``x[:, ::2, ::2]`` and zero-padded in channels, ``extra // 2``
-channels before and ``extra - extra // 2`` after, exactly as the Flax block does) and
-``cifar10_cnn`` (``cnn_jax/models/cifar_cnn.py``). :func:`copy_jax_variables` loads a Flax
-variables tree into a twin, so a test can check that both give the same logits (the
-parameter count alone does not prove the same architecture). BatchNorm has PyTorch's
-momentum 0.1 and eps 1e-5, as ``cnn_jax.models.layers.batch_norm``; one difference that does
-not change the work done: PyTorch updates the running variance with the unbiased batch
-variance, Flax with the biased one.
+channels before and ``extra - extra // 2`` after, exactly as the Flax block does),
+``cifar10_cnn`` (``cnn_jax/models/cifar_cnn.py``) and ``airbench94``
+(``cnn_jax/models/airbench.py``, :class:`Airbench94Twin`; trained with its own recipe by
+``benchmarks/airbench94_torch.py``). :func:`copy_jax_variables` loads a Flax variables tree
+into a twin, so a test can check that both give the same logits (the parameter count alone
+does not prove the same architecture). BatchNorm has PyTorch's momentum 0.1 and eps 1e-5, as
+``cnn_jax.models.layers.batch_norm`` (airbench94's: 0.4 and 1e-12, scale fixed at 1); one
+difference that does not change the work done: PyTorch updates the running variance with the
+unbiased batch variance, Flax with the biased one.
 
 The timed step is what ``cnn_jax.steps.make_train_step`` does, in eager PyTorch: random crop
 (4 pixels, reflect padding) and horizontal flip of the uint8 batch as tensor indexing,
@@ -142,9 +144,103 @@ class StackedCNNTwin(nn.Module):
     return layers + [(("Dense_0",), self.fc)]
 
 
+class FrozenScaleBatchNorm(nn.BatchNorm2d):
+  """airbench94's ``BatchNorm`` (``cnn_jax.models.airbench.ConvGroup``'s ``norm1``/``norm2``,
+  flax ``nn.BatchNorm(use_scale=False, epsilon=1e-12, momentum=0.6)``): eps 1e-12, PyTorch
+  momentum 0.4 (running stats ``0.6 * old + 0.4 * batch``), bias learned, scale fixed at 1.
+
+  The fixed scale is a *buffer* named ``weight`` (ones), not a parameter: the reference keeps
+  an ``nn.Parameter`` of ones with ``requires_grad = False``, which computes the same thing but
+  would put 1,152 constants into ``model.parameters()``; as a buffer the twin has no more
+  parameters than the Flax model (which has no scale), :func:`count_params` agrees with
+  ``cnn_jax.models.count_params``, and ``state_dict()`` still lists ``weight`` (airbench's
+  lookahead averages it; it stays ones). ``(N, C, H, W) -> (N, C, H, W)``."""
+
+  def __init__(self, c: int, eps: float = 1e-12, momentum: float = 0.4):
+    super().__init__(c, eps=eps, momentum=momentum)
+    del self.weight  # the Parameter nn.BatchNorm2d made; a constant buffer of ones instead
+    self.register_buffer("weight", torch.ones(c))
+
+
+def _airbench_conv(in_ch: int, out_ch: int, k: int = 3, padding=1, bias: bool = False
+                   ) -> nn.Conv2d:
+  """airbench94's ``Conv``: PyTorch's default init (U(+-1/sqrt(fan_in))), bias zeroed, then
+  ``dirac_`` on the first ``in_ch`` output filters (an identity map through the conv). Odd
+  ``k`` for the dirac; the 2x2 whitening conv gets it too, as the reference's (its weight is
+  replaced by the whitening init)."""
+  conv = nn.Conv2d(in_ch, out_ch, k, 1, padding, bias=bias)
+  with torch.no_grad():
+    if conv.bias is not None:
+      conv.bias.zero_()
+    nn.init.dirac_(conv.weight[:min(in_ch, out_ch)])
+  return conv
+
+
+class ConvGroupTwin(nn.Module):
+  """``cnn_jax.models.airbench.ConvGroup``: conv 3x3 (no bias) -> max pool 2 (floor) -> BN ->
+  GELU -> conv 3x3 -> BN -> GELU; ``(N, C_in, H, W) -> (N, C_out, H // 2, W // 2)``."""
+
+  def __init__(self, in_ch: int, out_ch: int):
+    super().__init__()
+    self.conv1 = _airbench_conv(in_ch, out_ch)
+    self.norm1 = FrozenScaleBatchNorm(out_ch)
+    self.conv2 = _airbench_conv(out_ch, out_ch)
+    self.norm2 = FrozenScaleBatchNorm(out_ch)
+
+  def forward(self, x):
+    x = F.max_pool2d(self.conv1(x), 2, 2)
+    x = F.gelu(self.norm1(x))  # exact (erf) GELU, PyTorch's default
+    return F.gelu(self.norm2(self.conv2(x)))
+
+  def jax_layers(self, prefix):
+    return [((*prefix, "conv1"), self.conv1), ((*prefix, "norm1"), self.norm1),
+            ((*prefix, "conv2"), self.conv2), ((*prefix, "norm2"), self.norm2)]
+
+
+class Airbench94Twin(nn.Module):
+  """``cnn_jax.models.airbench.Airbench94`` (Jordan 2024, arXiv:2404.00498; the reference's
+  ``make_net``): ``(N, 3, 32, 32)`` normalised images -> ``(N, num_classes)`` float32 logits.
+
+  ``whiten``: 2x2 conv, no padding, 24 filters with a bias, weight frozen
+  (``requires_grad = False``; its values come from the whitening init of the trainer,
+  ``benchmarks/airbench94_torch.py``), GELU; ``block1..3``: :class:`ConvGroupTwin` of widths
+  64 / 256 / 256 (32 -> 31 -> 15 -> 7 -> 3); global max pool (the reference's
+  ``MaxPool2d(3)`` on the 3x3 map; ``amax`` over H, W as the Flax model, for any size);
+  ``head``: linear 256 -> 10 without bias; logits x ``1/9``. Initialised as the reference
+  (:func:`_airbench_conv`, ``nn.Linear``'s default, BN bias 0). 1,971,640 parameters for 10
+  classes (the frozen whitening kernel included, the fixed BN scales not: they are buffers,
+  see :class:`FrozenScaleBatchNorm`).
+  """
+
+  def __init__(self, num_classes: int = 10, in_ch: int = 3, widths=(64, 256, 256),
+               whiten_kernel: int = 2, scale: float = 1.0 / 9.0):
+    super().__init__()
+    self.scale = scale
+    whiten_width = 2 * in_ch * whiten_kernel ** 2
+    self.whiten = _airbench_conv(in_ch, whiten_width, whiten_kernel, padding=0, bias=True)
+    self.whiten.weight.requires_grad_(False)
+    self.block1 = ConvGroupTwin(whiten_width, widths[0])
+    self.block2 = ConvGroupTwin(widths[0], widths[1])
+    self.block3 = ConvGroupTwin(widths[1], widths[2])
+    self.head = nn.Linear(widths[2], num_classes, bias=False)
+
+  def forward(self, x):
+    x = F.gelu(self.whiten(x))
+    x = self.block3(self.block2(self.block1(x)))
+    x = x.amax(dim=(2, 3))
+    return (self.head(x) * self.scale).float()
+
+  def jax_layers(self):
+    layers = [(("whiten",), self.whiten)]
+    for name in ("block1", "block2", "block3"):
+      layers += getattr(self, name).jax_layers((name,))
+    return layers + [(("head",), self.head)]
+
+
 TWINS = {f"resnet{d}": (lambda d: lambda nc, c: CifarResNetTwin(d, nc, c))(d)
          for d in (20, 32, 44, 56, 110)}
 TWINS["cifar10_cnn"] = lambda nc, c: StackedCNNTwin(nc, c)
+TWINS["airbench94"] = lambda nc, c: Airbench94Twin(nc, c)
 
 
 def create(name: str, num_classes: int = 10, in_ch: int = 3) -> nn.Module:
@@ -169,7 +265,9 @@ def copy_jax_variables(twin: nn.Module, variables) -> None:
     variables: ``{'params': ..., 'batch_stats': ...}`` of the cnn_jax model of the same name,
       nested dicts of arrays (anything ``np.asarray`` takes: jax arrays work). Conv kernels
       HWIO become OIHW weights, Dense kernels (in, out) become (out, in) weights, BatchNorm
-      scale/bias/mean/var become weight/bias/running_mean/running_var.
+      scale/bias/mean/var become weight/bias/running_mean/running_var. Layers without a bias
+      (airbench94's convs and head) take none; a :class:`FrozenScaleBatchNorm` (Flax
+      ``use_scale=False``) takes no scale: its weight stays the buffer of ones.
 
   Raises:
     ValueError: a parameter or statistic of ``variables`` that no twin layer took, one that
@@ -205,9 +303,11 @@ def copy_jax_variables(twin: nn.Module, variables) -> None:
         put(m.bias, get(params, path, "bias", "params"), name + "/bias")
     elif isinstance(m, nn.Linear):
       put(m.weight, get(params, path, "kernel", "params").T, name)
-      put(m.bias, get(params, path, "bias", "params"), name + "/bias")
+      if m.bias is not None:
+        put(m.bias, get(params, path, "bias", "params"), name + "/bias")
     elif isinstance(m, nn.BatchNorm2d):
-      put(m.weight, get(params, path, "scale", "params"), name + "/scale")
+      if isinstance(m.weight, nn.Parameter):  # FrozenScaleBatchNorm: no scale in JAX either
+        put(m.weight, get(params, path, "scale", "params"), name + "/scale")
       put(m.bias, get(params, path, "bias", "params"), name + "/bias")
       put(m.running_mean, get(stats, path, "mean", "batch_stats"), name + "/mean")
       put(m.running_var, get(stats, path, "var", "batch_stats"), name + "/var")
