@@ -71,6 +71,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnn_jax import provenance
+
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
 
@@ -346,17 +348,6 @@ def evaluate(model: nn.Module, images_nhwc: torch.Tensor, labels: torch.Tensor,
 # ----------------------------------------------------------------------------- training
 
 
-def _cpu_model() -> str:
-  """The ``model name`` of ``/proc/cpuinfo`` ('unknown' where there is none)."""
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
-
-
 def train(args: argparse.Namespace) -> dict:
   """One run of the recipe (see the module docstring); writes ``config.json`` and
   ``metrics.jsonl`` under ``args.workdir``.
@@ -397,7 +388,7 @@ def train(args: argparse.Namespace) -> dict:
       "data": {"source": data["source"], "num_train": n, "num_test": len(data["test_labels"]),
                "loader_mean": data["mean"], "loader_std": data["std"]},
       "n_params": twins.count_params(model), "torch": torch.__version__,
-      "threads": torch.get_num_threads(), "cpu": _cpu_model(),
+      "threads": torch.get_num_threads(), "cpu": provenance.cpu_model(),
       "python": platform.python_version(), "data_load_s": data_load_s,
       "script": "benchmarks/airbench94_torch.py",
   }
