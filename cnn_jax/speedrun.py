@@ -265,13 +265,3 @@ def lookahead_step(weights, state: LookaheadState, step, *, steps_per_epoch: int
   pull = update | (active & epoch_end)
   weights = jax.tree.map(lambda s, w: jnp.where(pull, s, w), slow, weights)
   return weights, LookaheadState(slow, active)
-
-
-def apply_lookahead(train_state, la_state: LookaheadState, **kwargs):
-  """:func:`lookahead_step` on a :class:`cnn_jax.steps.TrainState` (after its step; uses
-  ``train_state.step`` as the 1-based step count). ``kwargs`` as :func:`lookahead_step`.
-  Returns ``(train_state, la_state)``."""
-  weights = {"params": train_state.params, "batch_stats": train_state.batch_stats}
-  weights, la_state = lookahead_step(weights, la_state, train_state.step, **kwargs)
-  return (train_state.replace(params=weights["params"], batch_stats=weights["batch_stats"]),
-          la_state)
