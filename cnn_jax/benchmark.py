@@ -2,15 +2,18 @@
 
     python -m cnn_jax.benchmark --model resnet20 --batch 128 [--input 32x32x3]
         [--dtype float32|bfloat16] [--compare-torch] [--rounds R] [--windows 5]
-        [--steps-per-window N] [--materialize auto|on|off] [--convs project|xla] [--no-tcmalloc]
-        [--json FILE]
+        [--steps-per-window N] [--materialize auto|on|off] [--conv-backend auto|xla|onednn]
+        [--convs project|xla] [--no-tcmalloc] [--json FILE]
 
 The JAX side runs in a child process, so that its environment is set before JAX starts: the
 ``XLA_FLAGS`` that ``python -m cnn_jax.train`` runs with (:func:`cnn_jax.xla_cpu.apply_cpu_defaults`:
 the Eigen-convolution flag on jaxlib 0.10, unless ``XLA_FLAGS`` sets it or
 ``CNN_JAX_KEEP_XLA_FLAGS=1``), tcmalloc in ``LD_PRELOAD`` when
 :func:`cnn_jax.xla_cpu.find_tcmalloc` finds it (``--no-tcmalloc``: glibc malloc), and the
-trainer's ``materialize_conv_inputs`` setting (``auto``: on for the CPU backend). It measures
+trainer's ``materialize_conv_inputs`` and ``conv_backend`` settings (``auto``: materialized
+conv inputs on the CPU backend with XLA's convolutions; oneDNN's convolutions where
+:func:`cnn_jax.ops.cpu_conv.resolve_backend` finds them, see :mod:`cnn_jax.ops.onednn_conv`).
+It measures
 
 * compile time (s) of the train step and of the inference step (``lower`` + ``compile``);
 * training images/s of the trainer's own train step, :func:`cnn_jax.steps.make_train_step`
@@ -21,7 +24,9 @@ trainer's ``materialize_conv_inputs`` setting (``auto``: on for the CPU backend)
   the median over ``--windows`` timed windows of ``--steps-per-window`` steps (default: about
   2 s per window) after three warm-up steps, on one batch of random uint8 images kept on the
   device (input pipeline excluded);
-* achieved GFLOP/s: XLA's ``cost_analysis()`` FLOPs of the compiled step times steps/s;
+* achieved GFLOP/s: XLA's ``cost_analysis()`` FLOPs of the compiled step times steps/s (XLA
+  counts no FLOPs in a custom call, so under the oneDNN backend the FLOPs are those of the
+  same step compiled with XLA's convolutions);
 * peak memory: the child's max RSS (``resource.getrusage``) and the compiled steps'
   ``memory_analysis()`` temporary-buffer sizes.
 
@@ -48,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -133,18 +139,18 @@ def time_windows(fn, windows: int, steps_per_window: int | None, warmup: int = 3
 def _compiled_steps(spec: dict):
   """The trainer's train step (donated) and eval step for ``spec``, compiled, with a train
   state and a random uint8 batch: ``(train, eval, state, (x, y, mask), n_params,
-  materialize, train_compile_s, eval_compile_s)``."""
+  materialize, train_compile_s, eval_compile_s, conv_backend, (train FLOPs, eval FLOPs))``."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from cnn_jax import models, optim, steps  # pylint: disable=g-import-not-at-top
+  from cnn_jax import models, optim, steps, xla_cpu  # pylint: disable=g-import-not-at-top
   from cnn_jax.config import base_config  # pylint: disable=g-import-not-at-top
-  from cnn_jax.ops import depthwise  # pylint: disable=g-import-not-at-top
+  from cnn_jax.ops import cpu_conv, depthwise  # pylint: disable=g-import-not-at-top
 
   batch, (h, w, c), nc = spec["batch"], spec["input"], spec["num_classes"]
   dtype = jnp.dtype(spec["dtype"])
-  materialize = (spec["materialize"] == "on"
-                 or (spec["materialize"] == "auto" and jax.default_backend() == "cpu"))
+  backend = cpu_conv.resolve_backend(spec.get("conv_backend", "auto"))
+  materialize = xla_cpu.resolve_materialize(spec["materialize"], backend)
   cfg = base_config()
   cfg.optim.update(spec.get("optim") or {})
   model = models.create(spec["model"], num_classes=nc, dtype=dtype,
@@ -154,13 +160,14 @@ def _compiled_steps(spec: dict):
   n_params = models.count_params(state.params, None)
   mean, std = [128.0] * c, [64.0] * c
   step_kwargs = dict(num_classes=nc, mean=mean, std=std, dtype=dtype)
-  train_step = jax.jit(
+  train_fn = (
       steps.make_train_step(model, tx, seed=cfg.seed, crop_pad=cfg.data.crop_pad,
                             pad_mode=cfg.data.pad_mode, flip=cfg.data.flip,
                             label_smoothing=cfg.label_smoothing,
-                            materialize_conv_inputs=materialize, **step_kwargs),
-      donate_argnums=0)
-  eval_step = jax.jit(steps.make_eval_step(model, **step_kwargs))
+                            materialize_conv_inputs=materialize, **step_kwargs))
+  train_step = jax.jit(train_fn, donate_argnums=0)
+  eval_fn = steps.make_eval_step(model, **step_kwargs)
+  eval_step = jax.jit(eval_fn)
   rng = np.random.default_rng(0)
   x = jax.device_put(rng.integers(0, 256, (batch, h, w, c), dtype=np.uint8))
   y = jax.device_put(rng.integers(0, nc, (batch,)).astype(np.int32))
@@ -168,16 +175,24 @@ def _compiled_steps(spec: dict):
 
   # 'xla': every conv traced as XLA's own (no CPU rerouting by cnn_jax.ops.cpu_conv).
   convs = depthwise.xla_convs() if spec.get("convs") == "xla" else contextlib.nullcontext()
-  with convs:
+  with cpu_conv.conv_backend(backend), convs:
     t = time.perf_counter()
     train_c = train_step.lower(state, x, y).compile()
     train_compile = time.perf_counter() - t
     t = time.perf_counter()
     eval_c = eval_step.lower(state, x, y, mask).compile()
     eval_compile = time.perf_counter() - t
+  flops = compiled_flops(train_c), compiled_flops(eval_c)
+  if backend == "onednn" and spec.get("convs") != "xla":
+    # Custom calls count no FLOPs: XLA's convs for the count, traced afresh (a jitted
+    # function's trace cache does not see the conv context).
+    with depthwise.xla_convs():
+      flops = (compiled_flops(jax.jit(functools.partial(train_fn)).lower(state, x, y).compile()),
+               compiled_flops(jax.jit(functools.partial(eval_fn)).lower(state, x, y, mask)
+                              .compile()))
 
   return (train_c, eval_c, state, (x, y, mask), n_params, materialize, train_compile,
-          eval_compile)
+          eval_compile, backend, flops)
 
 
 def compiled_flops(compiled) -> float:
@@ -214,7 +229,7 @@ def run_jax(spec: dict) -> dict:
 
   batch, (h, w, c) = spec["batch"], spec["input"]
   (train_c, eval_c, state, (x, y, mask), n_params, materialize, train_compile,
-   eval_compile) = _compiled_steps(spec)
+   eval_compile, backend, (train_flop, eval_flop)) = _compiled_steps(spec)
 
   holder = [state]
 
@@ -229,7 +244,6 @@ def run_jax(spec: dict) -> dict:
   eval_s, n_eval = time_windows(one_eval, spec["windows"], spec["steps_per_window"])
   train_ips = [batch * n_train / s for s in train_s]
   eval_ips = [batch * n_eval / s for s in eval_s]
-  train_flop, eval_flop = compiled_flops(train_c), compiled_flops(eval_c)
   med_train, med_eval = statistics.median(train_ips), statistics.median(eval_ips)
   return {
       "framework": "jax", "model": spec["model"], "batch": batch, "input": [h, w, c],
@@ -245,6 +259,7 @@ def run_jax(spec: dict) -> dict:
       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       "train_temp_mib": temp_mib(train_c), "inference_temp_mib": temp_mib(eval_c),
       "materialize_conv_inputs": materialize, "convs": spec.get("convs", "project"),
+      "conv_backend": backend,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "ld_preload": os.environ.get("LD_PRELOAD", ""), "jax": jax.__version__,
       "jaxlib": jaxlib.__version__, "backend": jax.default_backend(),
@@ -386,7 +401,11 @@ def _arg_parser() -> argparse.ArgumentParser:
   ap.add_argument("--steps-per-window", type=_positive, default=None,
                   help="steps per timed window (default: about 2 s per window)")
   ap.add_argument("--materialize", choices=("auto", "on", "off"), default="auto",
-                  help="materialize_conv_inputs, as the config key (auto: on for CPU)")
+                  help="materialize_conv_inputs, as the config key (auto: on for CPU with "
+                  "XLA's convolutions)")
+  ap.add_argument("--conv-backend", choices=("auto", "xla", "onednn"), default="auto",
+                  help="as the config key conv_backend (auto: oneDNN on one CPU device when "
+                  "installed, see cnn_jax.ops.onednn_conv)")
   ap.add_argument("--convs", choices=("project", "xla"), default="project",
                   help="'project': the models' convolution (cnn_jax.ops.cpu_conv, as "
                   "training runs); 'xla': every conv XLA's own, to measure the rerouting")
@@ -472,7 +491,7 @@ def main(argv=None) -> int:
   n_jax = jax_param_count(a.model, a.input, a.num_classes)
 
   print(f"benchmark {what}: XLA_FLAGS={env.get('XLA_FLAGS', '')!r} materialize {a.materialize}, "
-        f"convs {a.convs}, "
+        f"conv_backend {a.conv_backend}, convs {a.convs}, "
         f"LD_PRELOAD={env.get('LD_PRELOAD', '')!r}, {a.windows} windows of "
         f"{a.steps_per_window or '~2 s of'} steps, {rounds} round(s)  {tag}", flush=True)
   torch_cmd = torch_child_cmd(a.model, a.batch, a.input, a.dtype, a.num_classes, a.windows,
@@ -485,7 +504,8 @@ def main(argv=None) -> int:
 
   spec = dict(model=a.model, batch=a.batch, input=list(a.input), dtype=a.dtype,
               windows=a.windows, steps_per_window=a.steps_per_window,
-              materialize=a.materialize, num_classes=a.num_classes, convs=a.convs)
+              materialize=a.materialize, num_classes=a.num_classes, convs=a.convs,
+              conv_backend=a.conv_backend)
   jax_cmd = jax_child_cmd(spec)
   results = {"jax": [], "torch": []}
   for r in range(rounds):

@@ -66,6 +66,11 @@ def base_config() -> ml_collections.ConfigDict:
   # the weight-gradient transposes (cnn_jax/xla_cpu.py): same results, a faster CPU step.
   # 'auto' = on when JAX's default backend is CPU; 'on'; 'off'.
   c.materialize_conv_inputs = "auto"
+  # Who computes the convolutions on CPU (cnn_jax/ops/cpu_conv.py): 'onednn' (oneDNN's
+  # kernels as XLA custom calls, cnn_jax/ops/onednn_conv.py: pip install 'cnn_jax[onednn]'),
+  # 'xla', or 'auto' = 'onednn' on a one-device CPU run where oneDNN is installed, else 'xla';
+  # resolved when training starts (resolve_conv_backend; config.json holds the result).
+  c.conv_backend = "auto"
 
   c.log_every_steps = 50
   c.eval_every_epochs = 1
@@ -213,6 +218,7 @@ _CHOICES = {
     "dtype": ("float32", "bfloat16", "auto"),
     "batchnorm_stats": ("global", "per_device"),
     "materialize_conv_inputs": ("auto", "on", "off"),
+    "conv_backend": ("auto", "xla", "onednn"),
     "transfer.mode": ("finetune", "linear_probe", "progressive"),
 }
 _POSITIVE = ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
@@ -477,11 +483,28 @@ def resolve_dtype(config: ml_collections.ConfigDict,
   difference)."""
   if config.get("dtype") != "auto":
     return config
-  if isinstance(config, ml_collections.FrozenConfigDict):
-    out = ml_collections.ConfigDict(config)  # a mutable copy
-  else:
-    out = copy.deepcopy(config)  # ConfigDict(config) would share the sections
+  out = _mutable_copy(config)
   out.dtype = auto_dtype(platform)
+  return out
+
+
+def _mutable_copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  if isinstance(config, ml_collections.FrozenConfigDict):
+    return ml_collections.ConfigDict(config)
+  return copy.deepcopy(config)  # ConfigDict(config) would share the sections
+
+
+def resolve_conv_backend(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config`` with ``conv_backend = 'auto'`` replaced by what it means here
+  (:func:`cnn_jax.ops.cpu_conv.resolve_backend`: ``'onednn'`` on a one-device CPU process
+  where oneDNN is installed, else ``'xla'``); a copy, or ``config`` itself when the key is
+  not 'auto'. Like :func:`resolve_dtype`, it initialises JAX's backends: call it where the
+  trainer does."""
+  if config.get("conv_backend") != "auto":
+    return config
+  from cnn_jax.ops import cpu_conv  # pylint: disable=g-import-not-at-top
+  out = _mutable_copy(config)
+  out.conv_backend = cpu_conv.resolve_backend("auto")
   return out
 
 
@@ -492,6 +515,8 @@ def resolve_dtype(config: ml_collections.ConfigDict,
 RESUME_MAY_CHANGE = ("progress_bar", "tensorboard", "log_every_steps", "eval_every_epochs",
                      "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints",
                      "data.dir", "data.cache_dir", "materialize_conv_inputs", "restart",
+                     # Same convolution, another library: float rounding differs, not the run.
+                     "conv_backend",
                      # The loaders give the same batches; these change only speed/memory.
                      "data.loader", "data.memory_limit_mb", "data.num_workers",
                      "data.read_threads", "data.prefetch_batches", "data.device_resident",

@@ -32,6 +32,7 @@ import ml_collections
 from cnn_jax import checkpoint, parallel, provenance, steps, xla_cpu
 from cnn_jax.config import from_json, validate
 from cnn_jax.data import loader
+from cnn_jax.ops import cpu_conv
 from cnn_jax.train import RunSetup, build_run, evaluate_batches
 
 
@@ -172,15 +173,17 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, *, flip_tta: bool = False,
     cfg_path = pathlib.Path(workdir) / "config.json"
     raise ValueError(f"{cfg_path}: ema_decay = {config.ema_decay}, so the run kept no EMA of "
                      f"the weights to evaluate")
-  r = restore_run(workdir, config=config)
-  run, state = r.run, r.state
-  parallel.check_batch_size(config.eval_batch_size, r.batch_sharding.mesh, "eval_batch_size")
-  eval_step = jax.jit(steps.make_eval_step(run.model, **run.step_kwargs,
-                                           tta_level=steps.TTA_LEVELS[tta], ema=ema),
-                      out_shardings=r.repl)
-  # The trainer's evaluation (cnn_jax.train._Loop.evaluate): the loader's test batches.
-  rec = evaluate_batches(eval_step, state,
-                         r.ds.eval_batches(config.eval_batch_size, r.batch_sharding))
+  # The run's convolution backend ('auto' for runs logged before the key existed).
+  with cpu_conv.conv_backend(config.get("conv_backend", "auto")):
+    r = restore_run(workdir, config=config)
+    run, state = r.run, r.state
+    parallel.check_batch_size(config.eval_batch_size, r.batch_sharding.mesh, "eval_batch_size")
+    eval_step = jax.jit(steps.make_eval_step(run.model, **run.step_kwargs,
+                                             tta_level=steps.TTA_LEVELS[tta], ema=ema),
+                        out_shardings=r.repl)
+    # The trainer's evaluation (cnn_jax.train._Loop.evaluate): the loader's test batches.
+    rec = evaluate_batches(eval_step, state,
+                           r.ds.eval_batches(config.eval_batch_size, r.batch_sharding))
   return {"step": int(parallel.to_host(state.step)), **rec, "tta": tta,
           "flip_tta": tta == "flip", "ema": ema}
 

@@ -89,7 +89,8 @@ def comparison_row(workdir: str | pathlib.Path) -> dict:
   ``macs`` (multiply-accumulates per image of one forward pass, counted by
   :func:`cnn_jax.summary.count_macs` on the model that ``workdir/config.json`` names, at its
   dataset's image size), ``run`` (the workdir's name), and ``dataset``, ``batch_size`` and
-  ``seed`` from the config. Provenance keys (``git_commit``,
+  ``seed`` and ``conv_backend`` (``'xla'`` for runs older than that key) from the config.
+  Provenance keys (``git_commit``,
   ``cpu``, ...) missing from the log are taken from ``workdir/provenance.json`` if present.
 
   Raises:
@@ -113,19 +114,22 @@ def comparison_row(workdir: str | pathlib.Path) -> dict:
     for k, v in json.loads(side.read_text()).items():
       row.setdefault(k, v)
   row.update(run=workdir.name, macs=count_macs(model, info.image_shape),
-             dataset=cfg["data"]["name"], batch_size=cfg["batch_size"], seed=cfg["seed"])
+             dataset=cfg["data"]["name"], batch_size=cfg["batch_size"], seed=cfg["seed"],
+             # Runs logged before config key conv_backend existed had XLA's convolutions.
+             conv_backend=cfg.get("conv_backend", "xla"))
   return row
 
 
 def hardware_label(row: dict) -> str:
-  """``'2-core AMD EPYC'`` or ``'8 x TPU v5 lite'``: where a run (a :func:`summarize` or
-  :func:`comparison_row` dict) trained, for a table's hardware column."""
+  """``'2-core AMD EPYC'``, ``'2-core Intel Xeon, oneDNN convs'`` (a :func:`comparison_row`
+  of a run with ``conv_backend = 'onednn'``) or ``'8 x TPU v5 lite'``: where a run (a
+  :func:`summarize` or :func:`comparison_row` dict) trained, for a table's hardware column."""
   hw = row.get("cpu") or row.get("platform") or "?"
   if row.get("device_kind") and row.get("device_kind") != "cpu":
     return f"{row['devices']} x {row['device_kind']}"
   if row.get("cpu_count"):
-    return f"{row['cpu_count']}-core {hw}"
-  return hw
+    hw = f"{row['cpu_count']}-core {hw}"
+  return hw + (", oneDNN convs" if row.get("conv_backend") == "onednn" else "")
 
 
 def commit_label(row: dict) -> str:

@@ -57,12 +57,14 @@ import tqdm
 
 from cnn_jax import (checkpoint, models, optim, parallel, provenance, speedrun, steps,
                      transfer, xla_cpu)
-from cnn_jax.config import check_resume, from_json, resolve_dtype, validate
+from cnn_jax.config import (check_resume, from_json, resolve_conv_backend, resolve_dtype,
+                            validate)
 # augment: the host-side alternating flip the loaders call (tests spy on train.augment).
 from cnn_jax.data import augment, loader  # pylint: disable=unused-import
 from cnn_jax.metric_writer import (DISCARDED, JsonlWriter, MultiWriter, TensorBoardWriter,
                                    rewind)
 from cnn_jax.models import airbench, geometry
+from cnn_jax.ops import cpu_conv
 
 
 class Preempted(Exception):
@@ -327,6 +329,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       of the bad state is written.
   """
   config = resolve_dtype(config)  # 'auto': bfloat16 on TPU, float32 elsewhere
+  config = resolve_conv_backend(config)  # 'auto': oneDNN on one CPU device if installed
+  # Every conv the steps trace from here on uses this backend (a jitted step keeps the
+  # backend it was traced with).
+  with cpu_conv.conv_backend(config.conv_backend):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   t_start = time.time()
   workdir, prov, moved = _open_workdir(config, workdir)
   ds, mesh = _load_data(config)
@@ -342,8 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mngr.close()
     raise
   start_step = int(parallel.to_host(state.step))
-  materialize = (config.materialize_conv_inputs == "on"
-                 or (config.materialize_conv_inputs == "auto" and jax.default_backend() == "cpu"))
+  materialize = xla_cpu.resolve_materialize(config.materialize_conv_inputs, config.conv_backend)
   writer = _start_logs(config, workdir, ds, mesh, run, state, start_step, materialize,
                        {**prov, **origin})
   loop = _Loop(config, ds, run, writer, t_start, batch_sh,
@@ -588,14 +597,16 @@ def _start_logs(config, workdir, ds, mesh, run, state, start_step, materialize, 
     print(f"cnn_jax: {config.model.name} ({n_params:,} params) on {config.data.name} "
           f"[{ds.source}, {ds.loader} loader]: {ds.num_train} train / {ds.num_test} test, "
           f"{run.steps_per_epoch} steps/epoch x {config.num_epochs} epochs, "
-          f"{mesh.devices.size} device(s) of {jax.devices()[0].platform}, "
+          f"{mesh.devices.size} device(s) of {jax.devices()[0].platform} "
+          f"({config.conv_backend} convolutions), "
           f"{'resuming at step %d' % start_step if start_step else 'from scratch'}"
           f"{' (weights of %s)' % prov['init_from'] if 'init_from' in prov else ''}", flush=True)
   writer.write({"event": "start", "step": start_step, "model": config.model.name,
                 "num_params": n_params, "data_source": ds.source, "data_loader": ds.loader,
                 "devices": mesh.devices.size,
                 "platform": jax.devices()[0].platform, "process_count": jax.process_count(),
-                "materialize_conv_inputs": materialize, "discarded_records": discarded,
+                "materialize_conv_inputs": materialize, "conv_backend": config.conv_backend,
+                "discarded_records": discarded,
                 "eval_tta": config.eval_tta,
                 "data_report": ds.report, **prov})
   return writer

@@ -176,6 +176,24 @@ def materialize(x: jax.Array, always_true: jax.Array) -> jax.Array:
   return jax.lax.cond(always_true, lambda a: a, jnp.zeros_like, x)
 
 
+def resolve_materialize(setting: str, conv_backend: str, platform: str | None = None) -> bool:
+  """What config key ``materialize_conv_inputs`` means for a run: ``'on'`` True, ``'off'``
+  False, ``'auto'`` True only on the CPU backend with XLA's convolutions (``conv_backend ==
+  'xla'``, resolved). Under oneDNN's convolutions (:mod:`cnn_jax.ops.onednn_conv`) no
+  weight-gradient transpose exists to recompute into, and the boundaries only cost: ResNet-20's
+  train step, batch 128, ran at 641 images/s with them and 717 without (2-core Intel Xeon,
+  2026-12-07; experiments/performance_log.md, entry 16).
+
+  Args:
+    setting: ``'auto'``, ``'on'`` or ``'off'``.
+    conv_backend: ``'xla'`` or ``'onednn'`` (:func:`cnn_jax.ops.cpu_conv.resolve_backend`).
+    platform: JAX's backend name; default ``jax.default_backend()``.
+  """
+  if setting != "auto":
+    return setting == "on"
+  return (platform or jax.default_backend()) == "cpu" and conv_backend == "xla"
+
+
 @contextlib.contextmanager
 def materialized_conv_inputs(always_true: jax.Array) -> Iterator[None]:
   """Within the block, every ``flax.linen.Conv`` call gets its input through

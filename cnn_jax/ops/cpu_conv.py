@@ -1,10 +1,19 @@
-"""The convolution every model layer calls: XLA's, except two cases its CPU backend runs slowly.
+"""The convolution every model layer calls: oneDNN's or XLA's on CPU, XLA's elsewhere.
 
 :func:`conv_general_dilated` is a drop-in for ``lax.conv_general_dilated`` that the models
 pass to ``flax.linen.Conv`` (through :data:`cnn_jax.models.layers.Conv`), so parameter
 names and shapes are those of ``nn.Conv``. On GPU and TPU, and inside
 :func:`cnn_jax.ops.depthwise.xla_convs` (the analysis tools, which count the mathematical
-convolution), every call is ``lax.conv_general_dilated`` unchanged. On CPU:
+convolution), every call is ``lax.conv_general_dilated`` unchanged.
+
+**Backend** (config key ``conv_backend``; :func:`conv_backend` sets it for the code traced
+inside it, :func:`resolve_backend` turns ``'auto'`` into a name). Under ``'onednn'``, every
+convolution :func:`cnn_jax.ops.onednn_conv.supports` (dense, grouped and depthwise NHWC
+convs in float32 or bfloat16) runs as oneDNN's primitives (:mod:`cnn_jax.ops.onednn_conv`:
+2-8x XLA's fp32 speed for the narrow convs of CIFAR networks, and bf16 on AMX / AVX512-BF16,
+which XLA's CPU backend computes in fp32). Under ``'xla'`` (the fallback when oneDNN is not
+installed, and for any conv oneDNN does not take), XLA computes it, with two cases rerouted
+on CPU:
 
 1. **Depthwise convs** go to :func:`cnn_jax.ops.depthwise.depthwise_conv_taps` (XLA's
    grouped conv is 5-30x slower there; see that module).
@@ -24,12 +33,71 @@ convolution), every call is ``lax.conv_general_dilated`` unchanged. On CPU:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cnn_jax.ops import depthwise
+from cnn_jax.ops import depthwise, onednn_conv
 from cnn_jax.ops.conv import im2col, resolve_padding
+
+BACKENDS = ("auto", "xla", "onednn")
+_BACKEND = contextvars.ContextVar("cnn_jax_conv_backend", default="xla")
+
+
+def resolve_backend(name: str) -> str:
+  """The convolution backend config key ``conv_backend = name`` means in this process.
+
+  ``'auto'`` is ``'onednn'`` when JAX's default backend is CPU with exactly one device
+  (XLA's SPMD partitioner cannot split the custom call of a multi-device mesh) and
+  :func:`cnn_jax.ops.onednn_conv.available`; else ``'xla'``. ``'xla'`` and ``'onednn'``
+  are returned as they are (:func:`conv_backend` checks that ``'onednn'`` can run).
+
+  Raises:
+    ValueError: ``name`` not in :data:`BACKENDS`.
+  """
+  if name not in BACKENDS:
+    raise ValueError(f"conv_backend must be one of {BACKENDS}, got {name!r}")
+  if name != "auto":
+    return name
+  if jax.default_backend() == "cpu" and jax.device_count() == 1 and onednn_conv.available():
+    return "onednn"
+  return "xla"
+
+
+@contextlib.contextmanager
+def conv_backend(name: str):
+  """Within this context (this thread/task), :func:`conv_general_dilated` traces with the
+  backend ``name`` (``'auto'``, ``'xla'`` or ``'onednn'``, resolved by
+  :func:`resolve_backend`); jitted functions keep the backend they were traced with.
+
+  Yields:
+    the resolved name.
+
+  Raises:
+    ValueError: an unknown name, or ``'onednn'`` with more than one device.
+    RuntimeError: ``'onednn'`` where :func:`cnn_jax.ops.onednn_conv.unavailable_reason`
+      says why it cannot run (the library is built and loaded here, not at the first conv).
+  """
+  resolved = resolve_backend(name)
+  if resolved == "onednn":
+    if jax.device_count() != 1:
+      raise ValueError(f"conv_backend='onednn' runs on one device (XLA cannot partition its "
+                       f"custom call); this process sees {jax.device_count()} devices: use "
+                       "'xla' or 'auto'")
+    onednn_conv.load()
+  token = _BACKEND.set(resolved)
+  try:
+    yield resolved
+  finally:
+    _BACKEND.reset(token)
+
+
+def current_backend() -> str:
+  """The backend :func:`conv_general_dilated` traces with here: ``'xla'`` or ``'onednn'``."""
+  return _BACKEND.get()
 
 
 def is_small_output(lhs_shape, rhs_shape, window_strides, padding, rhs_dilation=None) -> bool:
@@ -93,16 +161,27 @@ def small_output_conv(x: jax.Array, w: jax.Array, strides=(1, 1), padding="VALID
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          batch_group_count=1, precision=None, preferred_element_type=None):
-  """``lax.conv_general_dilated``, with the two CPU cases of the module docstring rerouted.
+  """``lax.conv_general_dilated``, with the CPU cases of the module docstring rerouted.
 
-  Same arguments and result as ``jax.lax.conv_general_dilated``. Depthwise convs go through
+  Same arguments and result as ``jax.lax.conv_general_dilated``. Under
+  :func:`conv_backend` ``'onednn'`` on CPU (not inside
+  :func:`cnn_jax.ops.depthwise.xla_convs`), a conv that
+  :func:`cnn_jax.ops.onednn_conv.supports` goes to :func:`cnn_jax.ops.onednn_conv.conv`.
+  Otherwise depthwise convs go through
   :func:`cnn_jax.ops.depthwise.conv_general_dilated` (its own conditions); a dense conv
   (``feature_group_count == batch_group_count == 1``, NHWC/HWIO, no ``lhs_dilation``,
   non-negative padding) whose output is smaller than its window (:func:`is_small_output`)
   goes to :func:`small_output_conv` when the default backend is CPU and not inside
   :func:`cnn_jax.ops.depthwise.xla_convs`; everything else is ``lax.conv_general_dilated``.
   """
-  small = (not depthwise.forcing_xla() and jax.default_backend() == "cpu" and lhs.ndim == 4
+  on_cpu = not depthwise.forcing_xla() and jax.default_backend() == "cpu"
+  if (on_cpu and _BACKEND.get() == "onednn"
+      and onednn_conv.supports(lhs.shape, rhs.shape, lhs.dtype, rhs.dtype, padding,
+                               lhs_dilation, dimension_numbers, feature_group_count,
+                               batch_group_count, preferred_element_type)):
+    return onednn_conv.conv(lhs, rhs, window_strides, padding, rhs_dilation or (1, 1),
+                            feature_group_count)
+  small = (on_cpu and lhs.ndim == 4
            and feature_group_count == 1 and batch_group_count == 1
            and depthwise.is_nhwc(lhs.shape, rhs.shape, dimension_numbers)
            and all(v == 1 for v in (lhs_dilation or (1, 1)))

@@ -1,0 +1,261 @@
+// oneDNN 2-D convolution as three XLA FFI handlers (forward, input gradient, kernel gradient)
+// for cnn_jax.ops.onednn_conv, which compiles this file on first use and documents it.
+//
+// Layouts are JAX's: x and y NHWC, w HWIO as (K_h, K_w, C_in / G, C_out) for G groups with
+// the group index major within C_out (lax.conv_general_dilated's feature_group_count). The
+// oneDNN memory descriptors below state those layouts by strides, so no user-side transpose
+// exists; oneDNN picks its own kernel layout for the (small) kernel tensor and reorders it.
+// Attributes: strides (s_h, s_w), padding (top, bottom, left, right), dilation (d_h, d_w)
+// counted as in lax (1 = dense; oneDNN counts from 0), groups G.
+// Primitives are cached by shape; scratchpads are per call ("user" mode), so XLA may run
+// two convolutions at once from different threads.
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+
+namespace {
+
+dnnl::engine& Engine() {
+  static dnnl::engine* eng = new dnnl::engine(dnnl::engine::kind::cpu, 0);
+  return *eng;
+}
+
+memory::data_type DnnlType(ffi::DataType t) {
+  switch (t) {
+    case ffi::DataType::F32: return memory::data_type::f32;
+    case ffi::DataType::BF16: return memory::data_type::bf16;
+    default: return memory::data_type::undef;
+  }
+}
+
+struct Geometry {
+  memory::dims src, dst, wei, wei_strides, strides, dil, pad_l, pad_r;
+};
+
+// x (N, H, W, Ci), w (KH, KW, Ci/G, Co), y (N, Ho, Wo, Co) -> oneDNN's logical N,C,H,W and
+// [G,] O, I, KH, KW dims with the strides of JAX's row-major buffers.
+ffi::Error MakeGeometry(ffi::Span<const int64_t> xd, ffi::Span<const int64_t> wd,
+                        ffi::Span<const int64_t> yd, ffi::Span<const int64_t> strides,
+                        ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation,
+                        int64_t groups, Geometry* g) {
+  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4 || strides.size() != 2 ||
+      padding.size() != 4 || dilation.size() != 2 || groups < 1)
+    return ffi::Error::InvalidArgument(
+        "cnn_jax onednn conv: expected rank-4 NHWC/HWIO operands, 2 strides, 4 paddings, "
+        "2 dilations and groups >= 1");
+  const int64_t kh = wd[0], kw = wd[1], ci_g = wd[2], co = wd[3];
+  if (xd[3] != ci_g * groups || co % groups != 0 || yd[3] != co || yd[0] != xd[0])
+    return ffi::Error::InvalidArgument(
+        "cnn_jax onednn conv: channel or batch sizes of x, w and y do not match");
+  g->src = {xd[0], xd[3], xd[1], xd[2]};
+  g->dst = {yd[0], yd[3], yd[1], yd[2]};
+  if (groups == 1) {
+    g->wei = {co, ci_g, kh, kw};
+    g->wei_strides = {1, co, kw * ci_g * co, ci_g * co};
+  } else {
+    g->wei = {groups, co / groups, ci_g, kh, kw};
+    g->wei_strides = {co / groups, 1, co, kw * ci_g * co, ci_g * co};
+  }
+  g->strides = {strides[0], strides[1]};
+  g->dil = {dilation[0] - 1, dilation[1] - 1};
+  g->pad_l = {padding[0], padding[2]};
+  g->pad_r = {padding[1], padding[3]};
+  return ffi::Error::Success();
+}
+
+std::string Key(char kind, const Geometry& g, int dt, int wdt) {
+  std::string k(1, kind);
+  for (const memory::dims* v : {&g.src, &g.dst, &g.wei, &g.strides, &g.dil, &g.pad_l, &g.pad_r}) {
+    k += '|';
+    for (auto d : *v) { k += std::to_string(d); k += ','; }
+  }
+  k += '|' + std::to_string(dt) + ',' + std::to_string(wdt);
+  return k;
+}
+
+// One cached primitive and the reorder between the user's HWIO kernel and its kernel layout.
+struct Entry {
+  dnnl::primitive prim;
+  memory::desc scratch;
+  memory::desc wei_internal;
+  bool reorder = false;
+  dnnl::reorder wei_reorder;
+};
+
+std::mutex cache_mu;
+std::unordered_map<std::string, std::shared_ptr<Entry>>& Cache() {
+  static auto* cache = new std::unordered_map<std::string, std::shared_ptr<Entry>>();
+  return *cache;
+}
+
+template <typename Make>
+std::shared_ptr<Entry> Cached(const std::string& key, Make make) {
+  std::lock_guard<std::mutex> lock(cache_mu);
+  auto& cache = Cache();
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  auto e = std::make_shared<Entry>(make());
+  cache.emplace(key, e);
+  return e;
+}
+
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+dnnl::convolution_forward::primitive_desc FwdDesc(const Geometry& g, memory::data_type dt,
+                                                  const memory::desc& src,
+                                                  const memory::desc& dst) {
+  memory::desc wei_any(g.wei, dt, memory::format_tag::any);
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
+      wei_any, dst, g.strides, g.dil, g.pad_l, g.pad_r, UserScratchpad());
+}
+
+void Finish(Entry& e, const memory::desc& wei_user, const memory::desc& wei_internal,
+            bool user_to_internal) {
+  e.wei_internal = wei_internal;
+  e.reorder = wei_internal != wei_user;
+  if (!e.reorder) return;
+  auto& eng = Engine();
+  e.wei_reorder = user_to_internal
+      ? dnnl::reorder(dnnl::reorder::primitive_desc(eng, wei_user, eng, wei_internal))
+      : dnnl::reorder(dnnl::reorder::primitive_desc(eng, wei_internal, eng, wei_user));
+}
+
+enum Kind : char { kFwd = 'f', kBwdData = 'd', kBwdWeights = 'w' };
+
+// Runs one direction. a, b: the two inputs (fwd: x, w; bwd data: dy, w; bwd weights: x, dy).
+ffi::Error Run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,
+               ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
+               ffi::Span<const int64_t> dilation, int64_t groups) {
+  const ffi::AnyBuffer& act = a;  // x or dy: sets the activation dtype
+  memory::data_type dt = DnnlType(act.element_type());
+  memory::data_type wdt = kind == kBwdWeights ? DnnlType(out->element_type())
+                                              : DnnlType(b.element_type());
+  if (dt == memory::data_type::undef || wdt == memory::data_type::undef ||
+      (kind != kBwdWeights && wdt != dt) ||
+      (kind != kFwd && DnnlType(kind == kBwdData ? out->element_type() : b.element_type()) != dt))
+    return ffi::Error::InvalidArgument(
+        "cnn_jax onednn conv: activations must be f32 or bf16 and the kernel the same dtype");
+  Geometry g;
+  ffi::Span<const int64_t> xd = kind == kBwdData ? out->dimensions() : a.dimensions();
+  ffi::Span<const int64_t> wd = kind == kBwdWeights ? out->dimensions() : b.dimensions();
+  ffi::Span<const int64_t> yd = kind == kFwd ? out->dimensions()
+                                             : (kind == kBwdData ? a.dimensions() : b.dimensions());
+  if (ffi::Error err = MakeGeometry(xd, wd, yd, strides, padding, dilation, groups, &g);
+      err.failure())
+    return err;
+  try {
+    auto& eng = Engine();
+    memory::desc src(g.src, dt, memory::format_tag::nhwc);
+    memory::desc dst(g.dst, dt, memory::format_tag::nhwc);
+    memory::desc wei_user(g.wei, wdt, g.wei_strides);
+    auto e = Cached(Key(kind, g, static_cast<int>(dt), static_cast<int>(wdt)), [&]() {
+      Entry entry;
+      auto hint = FwdDesc(g, dt, src, dst);
+      if (kind == kFwd) {
+        entry.prim = dnnl::convolution_forward(hint);
+        entry.scratch = hint.scratchpad_desc();
+        Finish(entry, wei_user, hint.weights_desc(), true);
+      } else if (kind == kBwdData) {
+        memory::desc wei_any(g.wei, dt, memory::format_tag::any);
+        dnnl::convolution_backward_data::primitive_desc pd(
+            eng, dnnl::algorithm::convolution_direct, src, wei_any, dst, g.strides, g.dil,
+            g.pad_l, g.pad_r, hint, UserScratchpad());
+        entry.prim = dnnl::convolution_backward_data(pd);
+        entry.scratch = pd.scratchpad_desc();
+        Finish(entry, wei_user, pd.weights_desc(), true);
+      } else {
+        memory::desc wei_any(g.wei, wdt, memory::format_tag::any);
+        dnnl::convolution_backward_weights::primitive_desc pd(
+            eng, dnnl::algorithm::convolution_direct, src, wei_any, dst, g.strides, g.dil,
+            g.pad_l, g.pad_r, hint, UserScratchpad());
+        entry.prim = dnnl::convolution_backward_weights(pd);
+        entry.scratch = pd.scratchpad_desc();
+        Finish(entry, wei_user, pd.diff_weights_desc(), false);
+      }
+      return entry;
+    });
+    dnnl::stream s(eng);
+    thread_local std::vector<uint8_t> scratch_buf;
+    if (scratch_buf.size() < e->scratch.get_size()) scratch_buf.resize(e->scratch.get_size());
+    memory scratch(e->scratch, eng, scratch_buf.data());
+    memory wei_m(wei_user, eng, kind == kBwdWeights ? out->untyped_data() : b.untyped_data());
+    memory wei_p = e->reorder ? memory(e->wei_internal, eng) : wei_m;
+    if (kind == kFwd) {
+      if (e->reorder) e->wei_reorder.execute(s, wei_m, wei_p);
+      e->prim.execute(s, {{DNNL_ARG_SRC, memory(src, eng, a.untyped_data())},
+                          {DNNL_ARG_WEIGHTS, wei_p},
+                          {DNNL_ARG_DST, memory(dst, eng, out->untyped_data())},
+                          {DNNL_ARG_SCRATCHPAD, scratch}});
+    } else if (kind == kBwdData) {
+      if (e->reorder) e->wei_reorder.execute(s, wei_m, wei_p);
+      e->prim.execute(s, {{DNNL_ARG_DIFF_DST, memory(dst, eng, a.untyped_data())},
+                          {DNNL_ARG_WEIGHTS, wei_p},
+                          {DNNL_ARG_DIFF_SRC, memory(src, eng, out->untyped_data())},
+                          {DNNL_ARG_SCRATCHPAD, scratch}});
+    } else {
+      e->prim.execute(s, {{DNNL_ARG_SRC, memory(src, eng, a.untyped_data())},
+                          {DNNL_ARG_DIFF_DST, memory(dst, eng, b.untyped_data())},
+                          {DNNL_ARG_DIFF_WEIGHTS, wei_p},
+                          {DNNL_ARG_SCRATCHPAD, scratch}});
+      if (e->reorder) e->wei_reorder.execute(s, wei_p, wei_m);
+    }
+    s.wait();
+  } catch (const dnnl::error& err) {
+    return ffi::Error::Internal(std::string("cnn_jax onednn conv: oneDNN error: ") + err.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvFwd(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
+                   ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
+                   ffi::Span<const int64_t> dilation, int64_t groups) {
+  return Run(kFwd, x, w, y, strides, padding, dilation, groups);
+}
+
+ffi::Error ConvBwdData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx,
+                       ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
+                       ffi::Span<const int64_t> dilation, int64_t groups) {
+  return Run(kBwdData, dy, w, dx, strides, padding, dilation, groups);
+}
+
+ffi::Error ConvBwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
+                          ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
+                          ffi::Span<const int64_t> dilation, int64_t groups) {
+  return Run(kBwdWeights, x, dy, dw, strides, padding, dilation, groups);
+}
+
+}  // namespace
+
+#define CNN_JAX_CONV_BINDING                         \
+  ffi::Ffi::Bind()                                   \
+      .Arg<ffi::AnyBuffer>()                         \
+      .Arg<ffi::AnyBuffer>()                         \
+      .Ret<ffi::AnyBuffer>()                         \
+      .Attr<ffi::Span<const int64_t>>("strides")     \
+      .Attr<ffi::Span<const int64_t>>("padding")     \
+      .Attr<ffi::Span<const int64_t>>("dilation")    \
+      .Attr<int64_t>("groups")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvFwd, ConvFwd, CNN_JAX_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvBwdData, ConvBwdData, CNN_JAX_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvBwdWeights, ConvBwdWeights, CNN_JAX_CONV_BINDING);
+
+extern "C" int CnnJaxOnednnVersion() {
+  const dnnl_version_t* v = dnnl_version();
+  return static_cast<int>(v->major * 10000 + v->minor * 100 + v->patch);
+}
