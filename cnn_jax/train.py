@@ -64,7 +64,7 @@ from cnn_jax.data import augment, loader  # pylint: disable=unused-import
 from cnn_jax.metric_writer import (DISCARDED, JsonlWriter, MultiWriter, TensorBoardWriter,
                                    rewind)
 from cnn_jax.models import airbench, geometry
-from cnn_jax.ops import cpu_conv
+from cnn_jax.ops import cpu_conv, onednn_conv
 
 
 class Preempted(Exception):
@@ -329,7 +329,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       of the bad state is written.
   """
   config = resolve_dtype(config)  # 'auto': bfloat16 on TPU, float32 elsewhere
+  asked = config.get("conv_backend")
   config = resolve_conv_backend(config)  # 'auto': oneDNN on one CPU device if installed
+  why = onednn_conv.unavailable_reason() if jax.default_backend() == "cpu" else None
+  if asked == "auto" and config.conv_backend == "xla" and why and jax.process_index() == 0:
+    print(f"cnn_jax.train: XLA's convolutions, not oneDNN's: {why}", file=sys.stderr,
+          flush=True)
   # Every conv the steps trace from here on uses this backend (a jitted step keeps the
   # backend it was traced with).
   with cpu_conv.conv_backend(config.conv_backend):

@@ -17,6 +17,7 @@ from cnn_jax import evaluate as cnn_evaluate
 from cnn_jax import models, optim, provenance, report, steps, train, xla_cpu
 from cnn_jax.config import base_config
 from cnn_jax.data import DataError, loader
+from cnn_jax.ops import cpu_conv
 from cnn_jax.metric_writer import read_jsonl
 from tests.conftest import kill_after, tiny_config, wrap_train_step
 
@@ -186,8 +187,13 @@ def test_end_to_end_logs_checkpoints_and_resumes(cifar10_dir, cache_dir, tmp_pat
   start = recs[0]
   assert start["event"] == "start" and start["jax"] == jax.__version__
   assert start["device_count"] == jax.device_count() and start["cpu_count"] >= 1
-  # materialize_conv_inputs='auto' resolves from the backend (cnn_jax/xla_cpu.py)
-  assert start["materialize_conv_inputs"] is (jax.default_backend() == "cpu")
+  # conv_backend='auto' resolves to oneDNN's convs on one CPU device where installed, and
+  # materialize_conv_inputs='auto' then to off (only XLA's CPU convs need it; xla_cpu.py).
+  backend = cpu_conv.resolve_backend("auto")
+  assert start["conv_backend"] == backend
+  assert json.loads((tmp_path / "a" / "config.json").read_text())["conv_backend"] == backend
+  assert start["materialize_conv_inputs"] is (jax.default_backend() == "cpu"
+                                              and backend == "xla")
   git_head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
                             text=True, check=False).stdout.strip()
   assert start["git_commit"] == (git_head or None)

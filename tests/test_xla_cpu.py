@@ -4,6 +4,7 @@ materialized conv inputs of the train step."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from cnn_jax import xla_cpu
 
@@ -72,3 +73,14 @@ def test_materialize_is_the_identity_and_so_is_its_gradient():
   # The predicate is real: False takes the other branch (so XLA cannot fold the cond away).
   assert float(jnp.abs(jax.jit(xla_cpu.materialize)(x, jnp.array(False))).max()) == 0.0
 
+
+
+@pytest.mark.parametrize("setting,backend,platform,want", [
+    ("auto", "xla", "cpu", True),        # XLA's CPU convs: the transposes the boundaries fix
+    ("auto", "onednn", "cpu", False),    # oneDNN's convs have no transpose: boundaries only cost
+    ("auto", "xla", "gpu", False),
+    ("on", "onednn", "tpu", True),
+    ("off", "xla", "cpu", False),
+])
+def test_resolve_materialize_follows_the_conv_backend(setting, backend, platform, want):
+  assert xla_cpu.resolve_materialize(setting, backend, platform) is want
