@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnn_jax.models.layers import Conv, gelu_exact
+from cnn_jax.models.layers import Conv, gelu_exact, max_pool
 from cnn_jax.models.registry import register
 
 WIDTHS = (64, 256, 256)
@@ -104,7 +104,7 @@ class ConvGroup(nn.Module):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
                              epsilon=BN_EPS, use_scale=False, dtype=self.dtype)
     x = conv(name="conv1")(x)
-    x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    x = max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
     x = gelu_exact(norm(name="norm1")(x))
     x = conv(name="conv2")(x)
     x = gelu_exact(norm(name="norm2")(x))

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.models.layers import Conv, batch_norm
+from cnn_jax.models.layers import Conv, batch_norm, max_pool
 from cnn_jax.models.registry import register
 
 
@@ -68,7 +68,7 @@ class StackedCNN(nn.Module):
       for _ in range(self.convs_per_block):
         x = ConvBNReLU(w, dtype=self.dtype)(x, train)
       if i in self.pool_after:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool(x, (2, 2), strides=(2, 2))
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
     return x.astype(jnp.float32)
@@ -110,7 +110,7 @@ class ConvPoolMLP(nn.Module):
     for f in self.features:
       x = Conv(f, k, padding=self.padding, dtype=self.dtype,
                kernel_init=nn.initializers.he_normal())(x)
-      x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+      x = max_pool(nn.relu(x), (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     for h in self.hidden:
       x = nn.relu(nn.Dense(h, dtype=self.dtype)(x))

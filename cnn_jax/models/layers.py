@@ -1,9 +1,12 @@
 """Layers shared by the model families.
 
 * :data:`Conv`: ``flax.linen.Conv`` computing through
-  :func:`cnn_jax.ops.cpu_conv.conv_general_dilated` (XLA's convolution, with the two cases
-  XLA's CPU backend runs slowly rerouted: depthwise convs and outputs smaller than the
-  window). Every model builds its convolutions with it; parameters are ``nn.Conv``'s.
+  :func:`cnn_jax.ops.cpu_conv.conv_general_dilated` (on CPU oneDNN's convolution, or XLA's
+  with the two cases its CPU backend runs slowly rerouted: depthwise convs and outputs
+  smaller than the window). Every model builds its convolutions with it; parameters are
+  ``nn.Conv``'s.
+* :func:`max_pool`: ``flax.linen.max_pool`` with tiling windows computed by a reshape on CPU
+  (:mod:`cnn_jax.ops.cpu_pool`; same value and gradient).
 * :func:`batch_norm`, :data:`conv_init_fan_out`: PyTorch-default BatchNorm, He init.
 * :class:`GRN`: Global Response Normalization (Woo et al. 2023, "ConvNeXt V2: Co-designing
   and Scaling ConvNets with Masked Autoencoders", CVPR 2023, Eq. 1-3; reference
@@ -27,12 +30,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.ops import cpu_conv
+from cnn_jax.ops import cpu_conv, cpu_pool
 
 
 # A partial, not a subclass: modules stay nn.Conv (same parameter names, same isinstance
 # checks, e.g. cnn_jax.xla_cpu.materialized_conv_inputs).
 Conv = functools.partial(nn.Conv, conv_general_dilated=cpu_conv.conv_general_dilated)
+
+# nn.max_pool with a fast path for tiling windows on CPU (same value and gradient).
+max_pool = cpu_pool.max_pool
 
 # He et al. 2015 normal init on fan-out, as torchvision's ResNets and fyu/drn:
 # kaiming_normal_(mode='fan_out'), std = sqrt(2 / (k * k * out_channels)).

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.models.alexnet import adaptive_avg_pool
-from cnn_jax.models.layers import Conv, batch_norm
+from cnn_jax.models.layers import Conv, batch_norm, max_pool
 from cnn_jax.models.registry import register
 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision VGG
@@ -68,7 +68,7 @@ class VGG(nn.Module):
         if self.batch_norm:
           x = batch_norm(train, self.dtype)(x)
         x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool(x, (2, 2), strides=(2, 2))
     dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=linear_init)
     if self.head == "cifar":
       x = jnp.mean(x, axis=(1, 2))
