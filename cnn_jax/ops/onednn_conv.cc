@@ -195,25 +195,23 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::A
     memory scratch(e->scratch, eng, scratch_buf.data());
     memory wei_m(wei_user, eng, kind == kBwdWeights ? out->untyped_data() : b.untyped_data());
     memory wei_p = e->reorder ? memory(e->wei_internal, eng) : wei_m;
+    memory act(kind == kBwdData ? dst : src, eng, a.untyped_data());
+    std::unordered_map<int, memory> args;
     if (kind == kFwd) {
-      if (e->reorder) e->wei_reorder.execute(s, wei_m, wei_p);
-      e->prim.execute(s, {{DNNL_ARG_SRC, memory(src, eng, a.untyped_data())},
-                          {DNNL_ARG_WEIGHTS, wei_p},
-                          {DNNL_ARG_DST, memory(dst, eng, out->untyped_data())},
-                          {DNNL_ARG_SCRATCHPAD, scratch}});
+      args = {{DNNL_ARG_SRC, act}, {DNNL_ARG_WEIGHTS, wei_p},
+              {DNNL_ARG_DST, memory(dst, eng, out->untyped_data())}};
     } else if (kind == kBwdData) {
-      if (e->reorder) e->wei_reorder.execute(s, wei_m, wei_p);
-      e->prim.execute(s, {{DNNL_ARG_DIFF_DST, memory(dst, eng, a.untyped_data())},
-                          {DNNL_ARG_WEIGHTS, wei_p},
-                          {DNNL_ARG_DIFF_SRC, memory(src, eng, out->untyped_data())},
-                          {DNNL_ARG_SCRATCHPAD, scratch}});
+      args = {{DNNL_ARG_DIFF_DST, act}, {DNNL_ARG_WEIGHTS, wei_p},
+              {DNNL_ARG_DIFF_SRC, memory(src, eng, out->untyped_data())}};
     } else {
-      e->prim.execute(s, {{DNNL_ARG_SRC, memory(src, eng, a.untyped_data())},
-                          {DNNL_ARG_DIFF_DST, memory(dst, eng, b.untyped_data())},
-                          {DNNL_ARG_DIFF_WEIGHTS, wei_p},
-                          {DNNL_ARG_SCRATCHPAD, scratch}});
-      if (e->reorder) e->wei_reorder.execute(s, wei_p, wei_m);
+      args = {{DNNL_ARG_SRC, act}, {DNNL_ARG_DIFF_DST, memory(dst, eng, b.untyped_data())},
+              {DNNL_ARG_DIFF_WEIGHTS, wei_p}};
     }
+    args.insert({DNNL_ARG_SCRATCHPAD, scratch});
+    // The kernel comes in (forward, input gradient) or goes out (kernel gradient) in HWIO.
+    if (kind != kBwdWeights && e->reorder) e->wei_reorder.execute(s, wei_m, wei_p);
+    e->prim.execute(s, args);
+    if (kind == kBwdWeights && e->reorder) e->wei_reorder.execute(s, wei_p, wei_m);
     s.wait();
   } catch (const dnnl::error& err) {
     return ffi::Error::Internal(std::string("cnn_jax onednn conv: oneDNN error: ") + err.what());
