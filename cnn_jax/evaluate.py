@@ -162,6 +162,9 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, *, flip_tta: bool = False,
       without EMA; config key ``eval_batch_size`` does not divide by this machine's device
       count; ``tta`` not a :data:`cnn_jax.steps.TTA_LEVELS` name, or ``flip_tta`` with
       another ``tta``; cnn_jax.data.DataError: bad data.
+    RuntimeError: the run trained with ``conv_backend = 'onednn'`` and oneDNN's convolution
+      cannot run here (the message says why; set ``conv_backend`` to ``'xla'`` in its
+      ``config.json`` to score it with XLA's).
   """
   if tta is not None and tta not in steps.TTA_LEVELS:
     raise ValueError(f"evaluate: tta must be one of {sorted(steps.TTA_LEVELS)}, got {tta!r}")

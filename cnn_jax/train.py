@@ -327,6 +327,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Preempted: SIGTERM or SIGINT during training; a checkpoint of the step reached is saved.
     NonFiniteError: a NaN or Inf train loss (or parameters before a save); no checkpoint
       of the bad state is written.
+    RuntimeError: ``conv_backend = 'onednn'`` where oneDNN's convolution cannot be built or
+      loaded (the message says what is missing); ``'onednn'`` on several devices is a
+      ValueError (:func:`cnn_jax.ops.cpu_conv.conv_backend`).
   """
   config = resolve_dtype(config)  # 'auto': bfloat16 on TPU, float32 elsewhere
   asked = config.get("conv_backend")
