@@ -15,10 +15,10 @@ of the three (each is one conv's worth of multiply-adds). ``im2col``'s ``dw`` is
 gradient as one matrix product ``patches^T @ g`` (the "weight gradient as a matmul" lever of
 issue #24). ``onednn`` is :func:`cnn_jax.ops.onednn_conv.conv` (oneDNN's primitives as XLA
 custom calls; its kernel gradient accumulates in float32). ``--dtype bfloat16`` runs every
-implementation on bf16 operands (PyTorch's too). Times are the minimum of ``--repeats`` runs after a warm-up (compile excluded).
-The process runs with the trainer's ``XLA_FLAGS`` (set here, before JAX starts;
-:func:`cnn_jax.xla_cpu.apply_cpu_defaults`); run it with tcmalloc in ``LD_PRELOAD`` on a
-quiet machine. Not a test: numbers depend on the machine and its load.
+implementation on bf16 operands (PyTorch's too). Times are the minimum of ``--repeats`` runs
+after a warm-up (compile excluded). The process runs with the trainer's ``XLA_FLAGS`` (set
+here, before JAX starts; :func:`cnn_jax.xla_cpu.apply_cpu_defaults`); run it with tcmalloc in
+``LD_PRELOAD`` on a quiet machine. Not a test: numbers depend on the machine and its load.
 
 PyTorch (optional): ``torch.ops.aten.convolution_backward`` with one output mask per
 gradient (channels_last, ``torch.set_num_threads(--threads)``), i.e. the kernels oneDNN runs

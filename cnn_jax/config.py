@@ -64,7 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.dtype = "auto"
   # Store every conv input for the backward pass instead of letting XLA recompute it inside
   # the weight-gradient transposes (cnn_jax/xla_cpu.py): same results, a faster CPU step.
-  # 'auto' = on when JAX's default backend is CPU; 'on'; 'off'.
+  # 'auto' = on when JAX's default backend is CPU and conv_backend resolves to 'xla' (oneDNN's
+  # convs have no such transposes; xla_cpu.resolve_materialize); 'on'; 'off'.
   c.materialize_conv_inputs = "auto"
   # Who computes the convolutions on CPU (cnn_jax/ops/cpu_conv.py): 'onednn' (oneDNN's
   # kernels as XLA custom calls, cnn_jax/ops/onednn_conv.py: pip install 'cnn_jax[onednn]'),

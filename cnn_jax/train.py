@@ -334,10 +334,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config = resolve_dtype(config)  # 'auto': bfloat16 on TPU, float32 elsewhere
   asked = config.get("conv_backend")
   config = resolve_conv_backend(config)  # 'auto': oneDNN on one CPU device if installed
-  why = onednn_conv.unavailable_reason() if jax.default_backend() == "cpu" else None
-  if asked == "auto" and config.conv_backend == "xla" and why and jax.process_index() == 0:
-    print(f"cnn_jax.train: XLA's convolutions, not oneDNN's: {why}", file=sys.stderr,
-          flush=True)
+  if (asked == "auto" and config.conv_backend == "xla" and jax.default_backend() == "cpu"
+      and jax.process_index() == 0):
+    why = onednn_conv.unavailable_reason()  # None: several devices, not a missing piece
+    if why:
+      print(f"cnn_jax.train: XLA's convolutions, not oneDNN's: {why}", file=sys.stderr,
+            flush=True)
   # Every conv the steps trace from here on uses this backend (a jitted step keeps the
   # backend it was traced with).
   with cpu_conv.conv_backend(config.conv_backend):

@@ -141,8 +141,7 @@ enum Kind : char { kFwd = 'f', kBwdData = 'd', kBwdWeights = 'w' };
 ffi::Error Run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,
                ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
                ffi::Span<const int64_t> dilation, int64_t groups) {
-  const ffi::AnyBuffer& act = a;  // x or dy: sets the activation dtype
-  memory::data_type dt = DnnlType(act.element_type());
+  memory::data_type dt = DnnlType(a.element_type());  // x or dy: the activation dtype
   memory::data_type wdt = kind == kBwdWeights ? DnnlType(out->element_type())
                                               : DnnlType(b.element_type());
   if (dt == memory::data_type::undef || wdt == memory::data_type::undef ||
