@@ -64,7 +64,7 @@ from cnn_jax.data import augment, loader  # pylint: disable=unused-import
 from cnn_jax.metric_writer import (DISCARDED, JsonlWriter, MultiWriter, TensorBoardWriter,
                                    rewind)
 from cnn_jax.models import airbench, geometry
-from cnn_jax.ops import cpu_conv, onednn_conv
+from cnn_jax.ops import cpu_conv, onednn_library
 
 
 class Preempted(Exception):
@@ -336,7 +336,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config = resolve_conv_backend(config)  # 'auto': oneDNN on one CPU device if installed
   if (asked == "auto" and config.conv_backend == "xla" and jax.default_backend() == "cpu"
       and jax.process_index() == 0):
-    why = onednn_conv.unavailable_reason()  # None: several devices, not a missing piece
+    why = onednn_library.unavailable_reason()  # None: several devices, not a missing piece
     if why:
       print(f"cnn_jax.train: XLA's convolutions, not oneDNN's: {why}", file=sys.stderr,
             flush=True)

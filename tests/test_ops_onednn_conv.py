@@ -14,12 +14,12 @@ import pytest
 from jax import lax
 
 from cnn_jax import models
-from cnn_jax.ops import cpu_conv, depthwise, onednn_conv
+from cnn_jax.ops import cpu_conv, depthwise, onednn_conv, onednn_library
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NHWC = ("NHWC", "HWIO", "NHWC")
-pytestmark = pytest.mark.skipif(not onednn_conv.available(),
-                                reason=f"oneDNN conv: {onednn_conv.unavailable_reason()}")
+pytestmark = pytest.mark.skipif(not onednn_library.available(),
+                                reason=f"oneDNN: {onednn_library.unavailable_reason()}")
 
 # (x shape, w shape, strides, padding, rhs_dilation, feature_group_count)
 CASES = [
@@ -117,7 +117,7 @@ def test_conv_backend_refuses_unknown_names_and_several_devices(monkeypatch):
 
 
 def test_missing_onednn_falls_back_under_auto_and_fails_loudly_when_asked_for(tmp_path):
-  code = ("from cnn_jax.ops import cpu_conv, onednn_conv as o\n"
+  code = ("from cnn_jax.ops import cpu_conv, onednn_library as o\n"
           "print('REASON', o.unavailable_reason())\n"
           "print('AUTO', cpu_conv.resolve_backend('auto'))\n"
           "try:\n"
@@ -128,14 +128,15 @@ def test_missing_onednn_falls_back_under_auto_and_fails_loudly_when_asked_for(tm
                        cwd=REPO, check=True).stdout
   assert "REASON oneDNN not found" in out
   assert "AUTO xla" in out
-  assert "ERROR cnn_jax oneDNN convolution unavailable: oneDNN not found" in out
+  assert "ERROR cnn_jax oneDNN kernels unavailable: oneDNN not found" in out
 
 
 def test_failed_build_names_the_compiler_and_leaves_no_library(tmp_path, monkeypatch):
   monkeypatch.setenv("CNN_JAX_CACHE_DIR", str(tmp_path))
   monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
-  with pytest.raises(RuntimeError, match=r"compiling .*onednn_conv.cc failed \(exit 1\)"):
-    onednn_conv.build()
+  with pytest.raises(RuntimeError, match=r"compiling .*onednn_conv.cc, .*onednn_batch_norm.cc "
+                                          r"failed \(exit 1\)"):
+    onednn_library.build()
   assert not list(tmp_path.rglob("*.so"))
 
 

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnn_jax.models.layers import Conv, gelu_exact, max_pool
+from cnn_jax.models.layers import BatchNorm, Conv, gelu_exact, max_pool
 from cnn_jax.models.registry import register
 
 WIDTHS = (64, 256, 256)
@@ -101,7 +101,7 @@ class ConvGroup(nn.Module):
   def __call__(self, x, train: bool):
     conv = functools.partial(Conv, self.features, (3, 3), padding=((1, 1), (1, 1)),
                              use_bias=False, dtype=self.dtype, kernel_init=dirac_partial_init())
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
+    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
                              epsilon=BN_EPS, use_scale=False, dtype=self.dtype)
     x = conv(name="conv1")(x)
     x = max_pool(x, (2, 2), strides=(2, 2), padding="VALID")

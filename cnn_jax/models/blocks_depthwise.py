@@ -26,7 +26,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.models.layers import Conv
+from cnn_jax.models.layers import BatchNorm, Conv
 
 # torchvision MobileNet / EfficientNet init: kaiming_normal_(mode='fan_out'). For a depthwise
 # kernel (K, K, 1, C) flax's fan_out is K*K*C, torch's is K*K*C/groups = K*K; the difference
@@ -77,7 +77,7 @@ class ConvBNAct(nn.Module):
     x = Conv(self.features, (k, k), (s, s), padding=same_padding(k, d),
              kernel_dilation=(d, d), feature_group_count=self.groups, use_bias=False,
              kernel_init=conv_init, dtype=self.dtype, name="conv")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+    x = BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                      epsilon=self.bn_epsilon, dtype=self.dtype, name="bn")(x)
     return x if self.act is None else self.act(x)
 

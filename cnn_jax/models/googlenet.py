@@ -19,7 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.models.layers import Conv
+from cnn_jax.models.layers import BatchNorm, Conv
 from cnn_jax.models.registry import register
 
 # torchvision: trunc_normal_(std=0.01, a=-2, b=2) for convs and the linear layer.
@@ -63,7 +63,7 @@ class BasicConv(nn.Module):
     k, p = self.kernel_size, self.padding
     x = Conv(self.features, (k, k), (self.stride, self.stride), padding=((p, p), (p, p)),
              use_bias=False, dtype=self.dtype, kernel_init=conv_init)(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3,
+    x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3,
                      dtype=self.dtype)(x)
     return nn.relu(x)
 

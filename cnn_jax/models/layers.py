@@ -7,6 +7,9 @@
   ``nn.Conv``'s.
 * :func:`max_pool`: ``flax.linen.max_pool`` with tiling windows computed by a reshape on CPU
   (:mod:`cnn_jax.ops.cpu_pool`; same value and gradient).
+* :class:`BatchNorm`: ``flax.linen.BatchNorm`` whose training-mode batch statistics, output
+  and gradient are oneDNN's under ``conv_backend = 'onednn'``
+  (:mod:`cnn_jax.ops.onednn_batch_norm`); same variables, same values within rounding.
 * :func:`batch_norm`, :data:`conv_init_fan_out`: PyTorch-default BatchNorm, He init.
 * :class:`GRN`: Global Response Normalization (Woo et al. 2023, "ConvNeXt V2: Co-designing
   and Scaling ConvNets with Masked Autoencoders", CVPR 2023, Eq. 1-3; reference
@@ -30,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.ops import cpu_conv, cpu_pool
+from cnn_jax.ops import cpu_conv, cpu_pool, onednn_batch_norm
 
 
 # A partial, not a subclass: modules stay nn.Conv (same parameter names, same isinstance
@@ -45,15 +48,59 @@ max_pool = cpu_pool.max_pool
 conv_init_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+class BatchNorm(nn.BatchNorm):
+  """``flax.linen.BatchNorm``, computed by oneDNN where that is faster and the same.
+
+  Same fields, variables (``params``: ``scale``, ``bias``; ``batch_stats``: ``mean``,
+  ``var``) and auto-name (``BatchNorm_<i>``) as ``nn.BatchNorm``, so checkpoints and
+  parameter counts do not change. In training mode (batch statistics) under
+  ``conv_backend = 'onednn'`` (:func:`cnn_jax.ops.cpu_conv.current_backend` when traced),
+  an ``(N, H, W, C)`` float32 or bfloat16 input normalized over N, H, W with no ``axis_name``
+  or ``mask`` goes to :func:`cnn_jax.ops.onednn_batch_norm.batch_norm_train` (forward and
+  gradient as two oneDNN primitives); everything else, initialization included, is
+  ``nn.BatchNorm``'s own code. The running averages update as ``nn.BatchNorm``'s:
+  ``ra = momentum * ra + (1 - momentum) * batch`` with the biased batch variance. The output
+  dtype is ``nn.BatchNorm``'s (``dtype``, else the input's promoted with the parameters').
+  """
+
+  def _onednn_route(self, x, use_running_average, mask) -> bool:
+    axes = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
+    return (not use_running_average and mask is None and self.axis_name is None
+            and not self.is_initializing() and cpu_conv.current_backend() == "onednn"
+            and x.ndim == 4 and tuple(a % 4 for a in axes) == (3,)
+            and onednn_batch_norm.supports(x.shape, x.dtype)
+            and self.force_float32_reductions)
+
+  @nn.compact
+  def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+    """``(N, H, W, C) -> (N, H, W, C)`` (other ranks: ``nn.BatchNorm``)."""
+    merged = nn.merge_param("use_running_average", self.use_running_average,
+                            use_running_average)
+    if not self._onednn_route(x, merged, mask):
+      return super().__call__(x, use_running_average, mask=mask)
+    c = x.shape[3]
+    ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (c,))
+    ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (c,))
+    scale = (self.param("scale", self.scale_init, (c,), self.param_dtype) if self.use_scale
+             else jnp.ones((c,), jnp.float32))
+    bias = (self.param("bias", self.bias_init, (c,), self.param_dtype) if self.use_bias
+            else jnp.zeros((c,), jnp.float32))
+    y, mean, var = onednn_batch_norm.batch_norm_train(x, scale, bias, self.epsilon)
+    ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+    ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    out_dtype = self.dtype or jnp.promote_types(x.dtype, self.param_dtype)
+    return y.astype(out_dtype)
+
+
 def batch_norm(train: bool, dtype: Any = jnp.float32, *, zero_init: bool = False,
                **kw) -> nn.BatchNorm:
-  """``nn.BatchNorm`` with PyTorch's defaults (momentum 0.1 -> flax 0.9, eps 1e-5) on NHWC.
+  """:class:`BatchNorm` with PyTorch's defaults (momentum 0.1 -> flax 0.9, eps 1e-5) on NHWC.
 
   Batch statistics when ``train``, running averages otherwise; ``zero_init`` starts the
   scale at 0 (the last BN of a residual branch, Goyal et al. 2017). ``kw`` goes to
   ``nn.BatchNorm`` (e.g. ``name``).
   """
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+  return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
                       scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
                       **kw)
 

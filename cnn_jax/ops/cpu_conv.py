@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cnn_jax.ops import depthwise, onednn_conv
+from cnn_jax.ops import depthwise, onednn_conv, onednn_library
 from cnn_jax.ops.conv import im2col, resolve_padding
 
 BACKENDS = ("auto", "xla", "onednn")
@@ -52,7 +52,7 @@ def resolve_backend(name: str) -> str:
 
   ``'auto'`` is ``'onednn'`` when JAX's default backend is CPU with exactly one device
   (XLA's SPMD partitioner cannot split the custom call of a multi-device mesh) and
-  :func:`cnn_jax.ops.onednn_conv.available`; else ``'xla'``. ``'xla'`` and ``'onednn'``
+  :func:`cnn_jax.ops.onednn_library.available`; else ``'xla'``. ``'xla'`` and ``'onednn'``
   are returned as they are (:func:`conv_backend` checks that ``'onednn'`` can run).
 
   Raises:
@@ -62,7 +62,7 @@ def resolve_backend(name: str) -> str:
     raise ValueError(f"conv_backend must be one of {BACKENDS}, got {name!r}")
   if name != "auto":
     return name
-  if jax.default_backend() == "cpu" and jax.device_count() == 1 and onednn_conv.available():
+  if jax.default_backend() == "cpu" and jax.device_count() == 1 and onednn_library.available():
     return "onednn"
   return "xla"
 
@@ -78,7 +78,7 @@ def conv_backend(name: str):
 
   Raises:
     ValueError: an unknown name, or ``'onednn'`` with more than one device.
-    RuntimeError: ``'onednn'`` where :func:`cnn_jax.ops.onednn_conv.unavailable_reason`
+    RuntimeError: ``'onednn'`` where :func:`cnn_jax.ops.onednn_library.unavailable_reason`
       says why it cannot run (the library is built and loaded here, not at the first conv).
   """
   resolved = resolve_backend(name)
@@ -87,7 +87,7 @@ def conv_backend(name: str):
       raise ValueError(f"conv_backend='onednn' runs on one device (XLA cannot partition its "
                        f"custom call); this process sees {jax.device_count()} devices: use "
                        "'xla' or 'auto'")
-    onednn_conv.load()
+    onednn_library.load()
   token = _BACKEND.set(resolved)
   try:
     yield resolved

@@ -7,36 +7,22 @@
 // exists; oneDNN picks its own kernel layout for the (small) kernel tensor and reorders it.
 // Attributes: strides (s_h, s_w), padding (top, bottom, left, right), dilation (d_h, d_w)
 // counted as in lax (1 = dense; oneDNN counts from 0), groups G.
-// Primitives are cached by shape; scratchpads are per call ("user" mode), so XLA may run
-// two convolutions at once from different threads.
+// Primitives are cached by shape; scratchpads are per call (onednn_common.h).
 
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <unordered_map>
-#include <vector>
 
-#include "oneapi/dnnl/dnnl.hpp"
-#include "xla/ffi/api/ffi.h"
+#include "onednn_common.h"
 
 namespace ffi = xla::ffi;
 using dnnl::memory;
+using cnn_jax_onednn::DnnlType;
+using cnn_jax_onednn::Engine;
+using cnn_jax_onednn::UserScratchpad;
 
 namespace {
-
-dnnl::engine& Engine() {
-  static dnnl::engine* eng = new dnnl::engine(dnnl::engine::kind::cpu, 0);
-  return *eng;
-}
-
-memory::data_type DnnlType(ffi::DataType t) {
-  switch (t) {
-    case ffi::DataType::F32: return memory::data_type::f32;
-    case ffi::DataType::BF16: return memory::data_type::bf16;
-    default: return memory::data_type::undef;
-  }
-}
 
 struct Geometry {
   memory::dims src, dst, wei, wei_strides, strides, dil, pad_l, pad_r;
@@ -92,27 +78,9 @@ struct Entry {
   dnnl::reorder wei_reorder;
 };
 
-std::mutex cache_mu;
-std::unordered_map<std::string, std::shared_ptr<Entry>>& Cache() {
-  static auto* cache = new std::unordered_map<std::string, std::shared_ptr<Entry>>();
+cnn_jax_onednn::PrimitiveCache<Entry>& Cache() {
+  static auto* cache = new cnn_jax_onednn::PrimitiveCache<Entry>();
   return *cache;
-}
-
-template <typename Make>
-std::shared_ptr<Entry> Cached(const std::string& key, Make make) {
-  std::lock_guard<std::mutex> lock(cache_mu);
-  auto& cache = Cache();
-  auto it = cache.find(key);
-  if (it != cache.end()) return it->second;
-  auto e = std::make_shared<Entry>(make());
-  cache.emplace(key, e);
-  return e;
-}
-
-dnnl::primitive_attr UserScratchpad() {
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  return attr;
 }
 
 dnnl::convolution_forward::primitive_desc FwdDesc(const Geometry& g, memory::data_type dt,
@@ -162,7 +130,7 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::A
     memory::desc src(g.src, dt, memory::format_tag::nhwc);
     memory::desc dst(g.dst, dt, memory::format_tag::nhwc);
     memory::desc wei_user(g.wei, wdt, g.wei_strides);
-    auto e = Cached(Key(kind, g, static_cast<int>(dt), static_cast<int>(wdt)), [&]() {
+    auto e = Cache().Get(Key(kind, g, static_cast<int>(dt), static_cast<int>(wdt)), [&]() {
       Entry entry;
       auto hint = FwdDesc(g, dt, src, dst);
       if (kind == kFwd) {
@@ -189,9 +157,7 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::A
       return entry;
     });
     dnnl::stream s(eng);
-    thread_local std::vector<uint8_t> scratch_buf;
-    if (scratch_buf.size() < e->scratch.get_size()) scratch_buf.resize(e->scratch.get_size());
-    memory scratch(e->scratch, eng, scratch_buf.data());
+    memory scratch = cnn_jax_onednn::Scratchpad(e->scratch);
     memory wei_m(wei_user, eng, kind == kBwdWeights ? out->untyped_data() : b.untyped_data());
     memory wei_p = e->reorder ? memory(e->wei_internal, eng) : wei_m;
     memory act(kind == kBwdData ? dst : src, eng, a.untyped_data());
