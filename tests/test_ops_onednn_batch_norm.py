@@ -153,3 +153,42 @@ def test_model_gradients_under_onednn_equal_float64_reference():
   scale = max(np.abs(g).max() for g in ref)
   err = {k: max(np.abs(a - b).max() for a, b in zip(v, ref)) / scale for k, v in grads.items()}
   assert err["onednn", "float32"] < 1e-4 and err["xla", "float32"] < 1e-4, err
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_fused_relu_equals_relu_after_batch_norm(dtype):
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal((4, 5, 6, 9)), dtype)
+  scale = jnp.asarray(rng.standard_normal(9), jnp.float32)
+  shift = jnp.asarray(rng.standard_normal(9), jnp.float32)
+  g = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+
+  def loss(fused):
+    def f(x, s, b):
+      if fused:
+        y = onednn_batch_norm.batch_norm_train(x, s, b, relu=True)[0]
+      else:
+        y = jax.nn.relu(onednn_batch_norm.batch_norm_train(x, s, b)[0])
+      return jnp.sum(y.astype(jnp.float32) * g), y
+    return jax.jit(jax.value_and_grad(f, (0, 1, 2), has_aux=True))(x, scale, shift)
+
+  (l1, y1), g1 = loss(True)
+  (l0, y0), g0 = loss(False)
+  assert float(jnp.min(y1)) == 0.0 and y1.dtype == dtype
+  np.testing.assert_array_equal(np.asarray(y1, np.float32), np.asarray(y0, np.float32))
+  for a, b in zip(g1, g0):
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                               rtol=1e-5, atol=1e-5 * float(np.abs(np.asarray(b, np.float32)).max()))
+
+
+def test_layer_relu_field_applies_relu_on_both_routes():
+  x = jnp.asarray(np.random.default_rng(4).standard_normal((4, 3, 3, 5)), jnp.float32)
+  bn = layers.BatchNorm(use_running_average=False, relu=True)
+  v = bn.init(jax.random.key(0), x)
+  outs = {}
+  for backend in ("xla", "onednn"):
+    with cpu_conv.conv_backend(backend):
+      outs[backend] = jax.jit(lambda v, x: bn.apply(v, x, mutable=["batch_stats"])[0])(v, x)
+  ref = jax.nn.relu(nn.BatchNorm(use_running_average=False).apply(v, x, mutable=["batch_stats"])[0])
+  for y in outs.values():
+    np.testing.assert_allclose(y, ref, atol=1e-5, rtol=0)

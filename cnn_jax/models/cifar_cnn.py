@@ -39,8 +39,7 @@ class ConvBNReLU(nn.Module):
     x = Conv(self.features, self.kernel_size, self.strides, padding="SAME",
              use_bias=True, dtype=self.dtype,
              kernel_init=nn.initializers.he_normal())(x)
-    x = batch_norm(train, self.dtype)(x)
-    return nn.relu(x)
+    return batch_norm(train, self.dtype, relu=True)(x)
 
 
 class StackedCNN(nn.Module):

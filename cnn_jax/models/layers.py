@@ -61,7 +61,13 @@ class BatchNorm(nn.BatchNorm):
   ``nn.BatchNorm``'s own code. The running averages update as ``nn.BatchNorm``'s:
   ``ra = momentum * ra + (1 - momentum) * batch`` with the biased batch variance. The output
   dtype is ``nn.BatchNorm``'s (``dtype``, else the input's promoted with the parameters').
+
+  ``relu=True`` applies ReLU to the output: on the oneDNN route inside the same primitives
+  (oneDNN's ``fuse_norm_relu``, which saves the ReLU's separate forward and backward passes
+  over the activation), elsewhere as ``nn.relu`` after ``nn.BatchNorm``.
   """
+
+  relu: bool = False
 
   def _onednn_route(self, x, use_running_average, mask) -> bool:
     axes = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
@@ -77,7 +83,8 @@ class BatchNorm(nn.BatchNorm):
     merged = nn.merge_param("use_running_average", self.use_running_average,
                             use_running_average)
     if not self._onednn_route(x, merged, mask):
-      return super().__call__(x, use_running_average, mask=mask)
+      y = super().__call__(x, use_running_average, mask=mask)
+      return nn.relu(y) if self.relu else y
     c = x.shape[3]
     ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (c,))
     ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (c,))
@@ -85,7 +92,7 @@ class BatchNorm(nn.BatchNorm):
              else jnp.ones((c,), jnp.float32))
     bias = (self.param("bias", self.bias_init, (c,), self.param_dtype) if self.use_bias
             else jnp.zeros((c,), jnp.float32))
-    y, mean, var = onednn_batch_norm.batch_norm_train(x, scale, bias, self.epsilon)
+    y, mean, var = onednn_batch_norm.batch_norm_train(x, scale, bias, self.epsilon, self.relu)
     ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
     ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     out_dtype = self.dtype or jnp.promote_types(x.dtype, self.param_dtype)

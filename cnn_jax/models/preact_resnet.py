@@ -54,12 +54,12 @@ class PreActBlock(nn.Module):
     norm = functools.partial(batch_norm, train, self.dtype)
     conv = functools.partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
     s = (self.stride, self.stride)
-    out = nn.relu(norm()(x))
+    out = norm(relu=True)(x)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.planes:
       shortcut = conv(self.planes, (1, 1), s, name="shortcut")(out)
     y = conv(self.planes, (3, 3), s, padding=((1, 1), (1, 1)))(out)
-    y = conv(self.planes, (3, 3), padding=((1, 1), (1, 1)))(nn.relu(norm()(y)))
+    y = conv(self.planes, (3, 3), padding=((1, 1), (1, 1)))(norm(relu=True)(y))
     return y + shortcut
 
 
@@ -82,13 +82,13 @@ class PreActBottleneck(nn.Module):
     conv = functools.partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
     s = (self.stride, self.stride)
     out_ch = self.planes * self.expansion
-    out = nn.relu(norm()(x))
+    out = norm(relu=True)(x)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != out_ch:
       shortcut = conv(out_ch, (1, 1), s, name="shortcut")(out)
     y = conv(self.planes, (1, 1))(out)
-    y = conv(self.planes, (3, 3), s, padding=((1, 1), (1, 1)))(nn.relu(norm()(y)))
-    y = conv(out_ch, (1, 1))(nn.relu(norm()(y)))
+    y = conv(self.planes, (3, 3), s, padding=((1, 1), (1, 1)))(norm(relu=True)(y))
+    y = conv(out_ch, (1, 1))(norm(relu=True)(y))
     return y + shortcut
 
 
@@ -128,7 +128,7 @@ class PreActResNet(nn.Module):
         x = blocks[self.block](width, self.strides[i] if b == 0 else 1, dtype=self.dtype,
                                name=f"layer{i + 1}_{b}")(x, train)
     if self.final_norm:
-      x = nn.relu(batch_norm(train, self.dtype, name="final_bn")(x))
+      x = batch_norm(train, self.dtype, name="final_bn", relu=True)(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=torch_default_init,
                  name="fc")(x)

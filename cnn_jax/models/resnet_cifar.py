@@ -47,7 +47,7 @@ class BasicBlock(nn.Module):
     d1, d2 = self.dilation
     y = conv(self.features, (3, 3), (self.stride, self.stride), padding=((d1, d1), (d1, d1)),
              kernel_dilation=(d1, d1))(x)
-    y = nn.relu(norm()(y))
+    y = norm(relu=True)(y)
     y = conv(self.features, (3, 3), padding=((d2, d2), (d2, d2)), kernel_dilation=(d2, d2))(y)
     y = norm(zero_init=self.zero_init_last_bn)(y)
     if self.stride != 1 or x.shape[-1] != self.features:
@@ -99,7 +99,7 @@ class CifarResNet(nn.Module):
     x = x.astype(self.dtype)
     x = Conv(self.widths[0], (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
              dtype=self.dtype, kernel_init=conv_init)(x)
-    x = nn.relu(batch_norm(train, self.dtype)(x))
+    x = batch_norm(train, self.dtype, relu=True)(x)
     prev = 1
     for stage, width in enumerate(self.widths):
       d = self.dilations[stage]

@@ -65,9 +65,7 @@ class VGG(nn.Module):
       for _ in range(n_conv):
         x = Conv(width, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
                  kernel_init=conv_init)(x)
-        if self.batch_norm:
-          x = batch_norm(train, self.dtype)(x)
-        x = nn.relu(x)
+        x = batch_norm(train, self.dtype, relu=True)(x) if self.batch_norm else nn.relu(x)
       x = max_pool(x, (2, 2), strides=(2, 2))
     dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=linear_init)
     if self.head == "cifar":

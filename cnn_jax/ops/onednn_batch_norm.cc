@@ -3,7 +3,9 @@
 //
 // x, y, dy, dx: NHWC, f32 or bf16 (one dtype). scale, shift, mean, var, dscale, dshift: f32
 // (C). mean and var are the batch's, var biased (divided by N*H*W), as oneDNN and flax compute
-// them. Attribute: epsilon. Primitives are cached by shape, dtype and epsilon.
+// them. Attributes: epsilon; relu (ReLU fused after the normalization: oneDNN's
+// fuse_norm_relu, whose forward writes a workspace, ws, of at most one byte per element, that
+// the backward reads to mask dy). Primitives are cached by shape, dtype, epsilon and relu.
 
 #include <cstdint>
 #include <string>
@@ -19,12 +21,15 @@ using cnn_jax_onednn::UserScratchpad;
 
 namespace {
 
-const dnnl::normalization_flags kFlags =
-    dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
+dnnl::normalization_flags Flags(bool relu) {
+  auto f = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
+  return relu ? f | dnnl::normalization_flags::fuse_norm_relu : f;
+}
 
 struct Entry {
   dnnl::primitive prim;
   memory::desc scratch;
+  memory::desc workspace;
 };
 
 cnn_jax_onednn::PrimitiveCache<Entry>& Cache() {
@@ -33,16 +38,25 @@ cnn_jax_onednn::PrimitiveCache<Entry>& Cache() {
 }
 
 dnnl::batch_normalization_forward::primitive_desc FwdDesc(const memory::desc& data,
-                                                          float epsilon) {
+                                                          float epsilon, bool relu) {
   return dnnl::batch_normalization_forward::primitive_desc(
-      Engine(), dnnl::prop_kind::forward_training, data, data, epsilon, kFlags,
+      Engine(), dnnl::prop_kind::forward_training, data, data, epsilon, Flags(relu),
       UserScratchpad());
+}
+
+// The workspace buffer XLA allocated must hold oneDNN's.
+ffi::Error CheckWorkspace(const memory::desc& need, size_t have) {
+  if (need.get_size() > have)
+    return ffi::Error::InvalidArgument(
+        "cnn_jax onednn batch norm: workspace buffer of " + std::to_string(have) +
+        " bytes, oneDNN needs " + std::to_string(need.get_size()));
+  return ffi::Error::Success();
 }
 
 // Checks x (and the C-sized f32 vectors' lengths); sets the data and per-channel descriptors.
 ffi::Error Describe(ffi::AnyBuffer x, std::initializer_list<int64_t> vector_sizes,
                     memory::desc* data, memory::desc* channel, std::string* key, char kind,
-                    float epsilon) {
+                    float epsilon, bool relu) {
   auto d = x.dimensions();
   memory::data_type dt = DnnlType(x.element_type());
   if (d.size() != 4 || dt == memory::data_type::undef)
@@ -56,37 +70,47 @@ ffi::Error Describe(ffi::AnyBuffer x, std::initializer_list<int64_t> vector_size
   *channel = memory::desc({d[3]}, memory::data_type::f32, memory::format_tag::a);
   *key = std::string(1, kind);
   for (auto v : d) *key += std::to_string(v) + ',';
-  *key += std::to_string(static_cast<int>(dt)) + ',' + std::to_string(epsilon);
+  *key += std::to_string(static_cast<int>(dt)) + ',' + std::to_string(epsilon) + ',' +
+          std::to_string(relu);
   return ffi::Error::Success();
 }
 
 ffi::Error BatchNormFwd(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> scale,
                         ffi::Buffer<ffi::F32> shift, ffi::Result<ffi::AnyBuffer> y,
                         ffi::Result<ffi::Buffer<ffi::F32>> mean,
-                        ffi::Result<ffi::Buffer<ffi::F32>> var, float epsilon) {
+                        ffi::Result<ffi::Buffer<ffi::F32>> var, ffi::Result<ffi::AnyBuffer> ws,
+                        float epsilon, bool relu) {
   if (y->element_type() != x.element_type())
     return ffi::Error::InvalidArgument("cnn_jax onednn batch norm: y must have x's dtype");
   memory::desc data, channel;
   std::string key;
   if (ffi::Error err = Describe(x, {scale.element_count(), shift.element_count(),
                                     mean->element_count(), var->element_count()},
-                                &data, &channel, &key, 'f', epsilon);
+                                &data, &channel, &key, 'f', epsilon, relu);
       err.failure())
     return err;
   try {
     auto& eng = Engine();
     auto e = Cache().Get(key, [&]() {
-      auto pd = FwdDesc(data, epsilon);
-      return Entry{dnnl::batch_normalization_forward(pd), pd.scratchpad_desc()};
+      auto pd = FwdDesc(data, epsilon, relu);
+      return Entry{dnnl::batch_normalization_forward(pd), pd.scratchpad_desc(),
+                   pd.workspace_desc()};
     });
+    std::unordered_map<int, memory> args = {
+        {DNNL_ARG_SRC, memory(data, eng, x.untyped_data())},
+        {DNNL_ARG_DST, memory(data, eng, y->untyped_data())},
+        {DNNL_ARG_SCALE, memory(channel, eng, scale.typed_data())},
+        {DNNL_ARG_SHIFT, memory(channel, eng, shift.typed_data())},
+        {DNNL_ARG_MEAN, memory(channel, eng, mean->typed_data())},
+        {DNNL_ARG_VARIANCE, memory(channel, eng, var->typed_data())},
+        {DNNL_ARG_SCRATCHPAD, cnn_jax_onednn::Scratchpad(e->scratch)}};
+    if (relu) {
+      if (ffi::Error err = CheckWorkspace(e->workspace, ws->size_bytes()); err.failure())
+        return err;
+      args.insert({DNNL_ARG_WORKSPACE, memory(e->workspace, eng, ws->untyped_data())});
+    }
     dnnl::stream s(eng);
-    e->prim.execute(s, {{DNNL_ARG_SRC, memory(data, eng, x.untyped_data())},
-                        {DNNL_ARG_DST, memory(data, eng, y->untyped_data())},
-                        {DNNL_ARG_SCALE, memory(channel, eng, scale.typed_data())},
-                        {DNNL_ARG_SHIFT, memory(channel, eng, shift.typed_data())},
-                        {DNNL_ARG_MEAN, memory(channel, eng, mean->typed_data())},
-                        {DNNL_ARG_VARIANCE, memory(channel, eng, var->typed_data())},
-                        {DNNL_ARG_SCRATCHPAD, cnn_jax_onednn::Scratchpad(e->scratch)}});
+    e->prim.execute(s, args);
     s.wait();
   } catch (const dnnl::error& err) {
     return ffi::Error::Internal(std::string("cnn_jax onednn batch norm: oneDNN error: ") +
@@ -97,8 +121,9 @@ ffi::Error BatchNormFwd(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> scale,
 
 ffi::Error BatchNormBwd(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Buffer<ffi::F32> mean,
                         ffi::Buffer<ffi::F32> var, ffi::Buffer<ffi::F32> scale,
-                        ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::Buffer<ffi::F32>> dscale,
-                        ffi::Result<ffi::Buffer<ffi::F32>> dshift, float epsilon) {
+                        ffi::AnyBuffer ws, ffi::Result<ffi::AnyBuffer> dx,
+                        ffi::Result<ffi::Buffer<ffi::F32>> dscale,
+                        ffi::Result<ffi::Buffer<ffi::F32>> dshift, float epsilon, bool relu) {
   if (dy.element_type() != x.element_type() || dx->element_type() != x.element_type() ||
       dy.dimensions().size() != 4 || dy.element_count() != x.element_count())
     return ffi::Error::InvalidArgument(
@@ -108,27 +133,35 @@ ffi::Error BatchNormBwd(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Buffer<ffi::F3
   if (ffi::Error err = Describe(x, {mean.element_count(), var.element_count(),
                                     scale.element_count(), dscale->element_count(),
                                     dshift->element_count()},
-                                &data, &channel, &key, 'b', epsilon);
+                                &data, &channel, &key, 'b', epsilon, relu);
       err.failure())
     return err;
   try {
     auto& eng = Engine();
     auto e = Cache().Get(key, [&]() {
       dnnl::batch_normalization_backward::primitive_desc pd(
-          eng, dnnl::prop_kind::backward, data, data, data, epsilon, kFlags,
-          FwdDesc(data, epsilon), UserScratchpad());
-      return Entry{dnnl::batch_normalization_backward(pd), pd.scratchpad_desc()};
+          eng, dnnl::prop_kind::backward, data, data, data, epsilon, Flags(relu),
+          FwdDesc(data, epsilon, relu), UserScratchpad());
+      return Entry{dnnl::batch_normalization_backward(pd), pd.scratchpad_desc(),
+                   pd.workspace_desc()};
     });
+    std::unordered_map<int, memory> args = {
+        {DNNL_ARG_SRC, memory(data, eng, x.untyped_data())},
+        {DNNL_ARG_DIFF_DST, memory(data, eng, dy.untyped_data())},
+        {DNNL_ARG_MEAN, memory(channel, eng, mean.typed_data())},
+        {DNNL_ARG_VARIANCE, memory(channel, eng, var.typed_data())},
+        {DNNL_ARG_SCALE, memory(channel, eng, scale.typed_data())},
+        {DNNL_ARG_DIFF_SRC, memory(data, eng, dx->untyped_data())},
+        {DNNL_ARG_DIFF_SCALE, memory(channel, eng, dscale->typed_data())},
+        {DNNL_ARG_DIFF_SHIFT, memory(channel, eng, dshift->typed_data())},
+        {DNNL_ARG_SCRATCHPAD, cnn_jax_onednn::Scratchpad(e->scratch)}};
+    if (relu) {
+      if (ffi::Error err = CheckWorkspace(e->workspace, ws.size_bytes()); err.failure())
+        return err;
+      args.insert({DNNL_ARG_WORKSPACE, memory(e->workspace, eng, ws.untyped_data())});
+    }
     dnnl::stream s(eng);
-    e->prim.execute(s, {{DNNL_ARG_SRC, memory(data, eng, x.untyped_data())},
-                        {DNNL_ARG_DIFF_DST, memory(data, eng, dy.untyped_data())},
-                        {DNNL_ARG_MEAN, memory(channel, eng, mean.typed_data())},
-                        {DNNL_ARG_VARIANCE, memory(channel, eng, var.typed_data())},
-                        {DNNL_ARG_SCALE, memory(channel, eng, scale.typed_data())},
-                        {DNNL_ARG_DIFF_SRC, memory(data, eng, dx->untyped_data())},
-                        {DNNL_ARG_DIFF_SCALE, memory(channel, eng, dscale->typed_data())},
-                        {DNNL_ARG_DIFF_SHIFT, memory(channel, eng, dshift->typed_data())},
-                        {DNNL_ARG_SCRATCHPAD, cnn_jax_onednn::Scratchpad(e->scratch)}});
+    e->prim.execute(s, args);
     s.wait();
   } catch (const dnnl::error& err) {
     return ffi::Error::Internal(std::string("cnn_jax onednn batch norm: oneDNN error: ") +
@@ -147,7 +180,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnBatchNormFwd, BatchNormFwd,
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("epsilon"));
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<float>("epsilon")
+                                  .Attr<bool>("relu"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnBatchNormBwd, BatchNormBwd,
                               ffi::Ffi::Bind()
@@ -156,7 +191,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnBatchNormBwd, BatchNormBwd,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("epsilon"));
+                                  .Attr<float>("epsilon")
+                                  .Attr<bool>("relu"));

@@ -45,48 +45,59 @@ def supports(shape, dtype) -> bool:
   return len(shape) == 4 and jnp.dtype(dtype) in _SUPPORTED_DTYPES and all(d > 0 for d in shape)
 
 
-def _call(name, outs, *args, epsilon):
+def _call(name, outs, *args, epsilon, relu):
   return jax.ffi.ffi_call(onednn_library.FFI_PREFIX + name, outs, vmap_method="sequential")(
-      *args, epsilon=np.float32(epsilon))
+      *args, epsilon=np.float32(epsilon), relu=bool(relu))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _bn(x, scale, shift, epsilon):
+def _workspace_bytes(shape, relu: bool) -> int:
+  # oneDNN's fuse_norm_relu workspace holds the ReLU mask, at most one byte per element (the
+  # C++ side checks that oneDNN's workspace fits).
+  return int(np.prod(shape)) if relu else 0
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _bn(x, scale, shift, epsilon, relu):
+  return _bn_fwd(x, scale, shift, epsilon, relu)[0]
+
+
+def _bn_fwd(x, scale, shift, epsilon, relu):
   c = jax.ShapeDtypeStruct((x.shape[3],), jnp.float32)
-  return _call("batch_norm_fwd", (jax.ShapeDtypeStruct(x.shape, x.dtype), c, c), x, scale,
-               shift, epsilon=epsilon)
+  ws = jax.ShapeDtypeStruct((_workspace_bytes(x.shape, relu),), jnp.uint8)
+  y, mean, var, workspace = _call("batch_norm_fwd", (
+      jax.ShapeDtypeStruct(x.shape, x.dtype), c, c, ws), x, scale, shift, epsilon=epsilon,
+      relu=relu)
+  return (y, mean, var), (x, scale, mean, var, workspace)
 
 
-def _bn_fwd(x, scale, shift, epsilon):
-  y, mean, var = _bn(x, scale, shift, epsilon)
-  return (y, mean, var), (x, scale, mean, var)
-
-
-def _bn_bwd(epsilon, res, g):
+def _bn_bwd(epsilon, relu, res, g):
   # The mean and variance outputs feed running averages only (stop_gradient in
   # batch_norm_train), so their cotangents are zero and are not propagated.
-  x, scale, mean, var = res
+  x, scale, mean, var, workspace = res
   dy = g[0].astype(x.dtype)
   c = jax.ShapeDtypeStruct((x.shape[3],), jnp.float32)
   dx, dscale, dshift = _call("batch_norm_bwd", (jax.ShapeDtypeStruct(x.shape, x.dtype), c, c),
-                             x, dy, mean, var, scale, epsilon=epsilon)
+                             x, dy, mean, var, scale, workspace, epsilon=epsilon, relu=relu)
   return dx, dscale, dshift
 
 
 _bn.defvjp(_bn_fwd, _bn_bwd)
 
 
-def batch_norm_train(x: jax.Array, scale: jax.Array, shift: jax.Array,
-                     epsilon: float = 1e-5) -> tuple[jax.Array, jax.Array, jax.Array]:
+def batch_norm_train(x: jax.Array, scale: jax.Array, shift: jax.Array, epsilon: float = 1e-5,
+                     relu: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
   """BatchNorm of ``x`` with its own batch statistics, by oneDNN (forward and gradient).
 
   Args:
     x: ``(N, H, W, C)``, float32 or bfloat16.
     scale, shift: ``(C,)`` (gamma, beta), cast to float32.
     epsilon: added to the variance.
+    relu: apply ReLU to the output, inside the same primitives (oneDNN's
+      ``fuse_norm_relu``: the backward masks the gradient with the forward's saved mask).
 
   Returns:
-    ``(y, mean, var)``: ``y`` ``(N, H, W, C)`` in the dtype of ``x``; the batch ``mean`` and
+    ``(y, mean, var)``: ``y`` ``(N, H, W, C)`` in the dtype of ``x`` (``max(y, 0)`` with
+    ``relu``); the batch ``mean`` and
     biased ``var`` ``(C,)`` float32, without gradient (for the running averages).
     Differentiable in ``x``, ``scale`` and ``shift`` (first order).
 
@@ -103,5 +114,6 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, shift: jax.Array,
     raise ValueError(f"onednn_batch_norm: scale and shift must be ({c},), got {scale.shape} "
                      f"and {shift.shape}")
   onednn_library.load()
-  y, mean, var = _bn(x, scale.astype(jnp.float32), shift.astype(jnp.float32), float(epsilon))
+  y, mean, var = _bn(x, scale.astype(jnp.float32), shift.astype(jnp.float32), float(epsilon),
+                     bool(relu))
   return y, jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
