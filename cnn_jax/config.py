@@ -68,7 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
   # convs have no such transposes; xla_cpu.resolve_materialize); 'on'; 'off'.
   c.materialize_conv_inputs = "auto"
   # Who computes the convolutions on CPU (cnn_jax/ops/cpu_conv.py): 'onednn' (oneDNN's
-  # kernels as XLA custom calls, cnn_jax/ops/onednn_conv.py: pip install 'cnn_jax[onednn]'),
+  # kernels as XLA custom calls, cnn_jax/ops/onednn_conv.py, and with them the training-mode
+  # BatchNorm, cnn_jax/ops/onednn_batch_norm.py: pip install 'cnn_jax[onednn]'),
   # 'xla', or 'auto' = 'onednn' on a one-device CPU run where oneDNN is installed, else 'xla';
   # resolved when training starts (resolve_conv_backend; config.json holds the result).
   c.conv_backend = "auto"

@@ -11,7 +11,9 @@ inside it, :func:`resolve_backend` turns ``'auto'`` into a name). Under ``'onedn
 convolution :func:`cnn_jax.ops.onednn_conv.supports` (dense, grouped and depthwise NHWC
 convs in float32 or bfloat16) runs as oneDNN's primitives (:mod:`cnn_jax.ops.onednn_conv`:
 2-8x XLA's fp32 speed for the narrow convs of CIFAR networks, and bf16 on AMX / AVX512-BF16,
-which XLA's CPU backend computes in fp32). Under ``'xla'`` (the fallback when oneDNN is not
+which XLA's CPU backend computes in fp32); :class:`cnn_jax.models.layers.BatchNorm` reads the
+same backend and computes training-mode BatchNorm with oneDNN under it
+(:mod:`cnn_jax.ops.onednn_batch_norm`). Under ``'xla'`` (the fallback when oneDNN is not
 installed, and for any conv oneDNN does not take), XLA computes it, with two cases rerouted
 on CPU:
 
