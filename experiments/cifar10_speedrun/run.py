@@ -3,8 +3,10 @@
     python -m experiments.cifar10_speedrun.run [--status] [--only seed0 ...] [--dry-run]
 
 Each run is ``configs/cifar10_speedrun.py`` with only ``seed`` changed, trained by
-``python -m cnn_jax.train`` in ``runs/seed<S>/`` (:mod:`cnn_jax.sweep`: one at a time,
-resumable). Target: >= 94.0% mean test top-1 (flip + translate TTA) over the two seeds in
+``python -m cnn_jax.train`` in ``runs/<name>/`` (:mod:`cnn_jax.sweep`: one at a time,
+resumable): ``seed<S>`` with XLA's convolutions (2026-12-03, before oneDNN), and
+``onednn_seed<S>`` with ``conv_backend = 'onednn'`` (oneDNN's convolutions and BatchNorm,
+2026-12-07; needs the ``onednn`` extra). Target: >= 94.0% mean test top-1 (flip + translate TTA) over the two seeds in
 <= 30 minutes wall clock on the 2-core CPU.
 """
 
@@ -15,7 +17,9 @@ from cnn_jax import sweep
 
 CONFIG = "configs/cifar10_speedrun.py"
 SEEDS = (0, 1)
-RUNS = [sweep.Run(f"seed{s}", CONFIG, {"seed": s}) for s in SEEDS]
+RUNS = ([sweep.Run(f"seed{s}", CONFIG, {"seed": s}) for s in SEEDS]
+        + [sweep.Run(f"onednn_seed{s}", CONFIG, {"seed": s, "conv_backend": "onednn"})
+           for s in SEEDS])
 
 if __name__ == "__main__":
   sys.exit(sweep.main(RUNS, pathlib.Path(__file__).parent))
