@@ -51,8 +51,8 @@ conv_init_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 class BatchNorm(nn.BatchNorm):
   """``flax.linen.BatchNorm``, computed by oneDNN where that is faster and the same.
 
-  Same fields, variables (``params``: ``scale``, ``bias``; ``batch_stats``: ``mean``,
-  ``var``) and auto-name (``BatchNorm_<i>``) as ``nn.BatchNorm``, so checkpoints and
+  Same fields (plus ``relu``), variables (``params``: ``scale``, ``bias``; ``batch_stats``:
+  ``mean``, ``var``) and auto-name (``BatchNorm_<i>``) as ``nn.BatchNorm``, so checkpoints and
   parameter counts do not change. In training mode (batch statistics) under
   ``conv_backend = 'onednn'`` (:func:`cnn_jax.ops.cpu_conv.current_backend` when traced),
   an ``(N, H, W, C)`` float32 or bfloat16 input normalized over N, H, W with no ``axis_name``
@@ -100,12 +100,12 @@ class BatchNorm(nn.BatchNorm):
 
 
 def batch_norm(train: bool, dtype: Any = jnp.float32, *, zero_init: bool = False,
-               **kw) -> nn.BatchNorm:
+               **kw) -> BatchNorm:
   """:class:`BatchNorm` with PyTorch's defaults (momentum 0.1 -> flax 0.9, eps 1e-5) on NHWC.
 
   Batch statistics when ``train``, running averages otherwise; ``zero_init`` starts the
   scale at 0 (the last BN of a residual branch, Goyal et al. 2017). ``kw`` goes to
-  ``nn.BatchNorm`` (e.g. ``name``).
+  :class:`BatchNorm` (e.g. ``name``, ``relu=True`` for BN -> ReLU).
   """
   return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
                       scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,

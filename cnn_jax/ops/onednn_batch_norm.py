@@ -5,15 +5,18 @@ Why: with oneDNN's convolutions (:mod:`cnn_jax.ops.onednn_conv`) a ResNet-20 tra
 2-core Xeon spends about as long in its convolutions as PyTorch does, and the rest of its gap
 is XLA's side of BatchNorm: each BatchNorm's statistics are two separate reductions over the
 activation (``sum x`` and ``sum x^2``, run by YNNPACK), then ``x - mean`` is materialized,
-and the backward pass adds two more reductions and elementwise passes (about 35 ms of
-reductions and 40 ms of elementwise fusions of a 197 ms step; profile in
-``experiments/performance_log.md``, entry 18). oneDNN's ``batch_normalization_forward``
-(forward training) and ``batch_normalization_backward`` (``prop_kind::backward``: input,
-scale and shift gradients) do each direction in one primitive over JAX's NHWC buffer; they are
-the kernels PyTorch's CPU BatchNorm equals in speed.
+and the backward pass adds two more reductions and elementwise passes (35 ms of reductions
+and 56 ms of elementwise fusions in a 193 ms fp32 step, where PyTorch spends 79 ms outside
+its convolutions; profile in ``experiments/performance_log.md``, entry 18). oneDNN's
+``batch_normalization_forward`` (forward training) and ``batch_normalization_backward``
+(``prop_kind::backward``: input, scale and shift gradients) do each direction in one
+primitive over JAX's NHWC buffer, optionally with the following ReLU fused in
+(``fuse_norm_relu``). With them the step took 179.5 instead of 185.6 ms in fp32 and 88.3
+instead of 132.7 ms in bf16 (before the fused ReLU; entry 18).
 
 :func:`batch_norm_train` is a ``jax.custom_vjp`` over the two primitives and computes
-``y = (x - mean) / sqrt(var + epsilon) * scale + shift`` with the batch mean and biased
+``y = (x - mean) / sqrt(var + epsilon) * scale + shift`` (then ``max(y, 0)`` with
+``relu``) with the batch mean and biased
 variance over N, H, W (Ioffe & Szegedy 2015, Algorithm 1; the variance divides by N*H*W as
 ``flax.linen.BatchNorm`` and oneDNN do). Its gradient is the full BatchNorm gradient through
 the batch statistics (Ioffe & Szegedy 2015, Sec. 3, the chain rule above Algorithm 2).
