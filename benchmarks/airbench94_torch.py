@@ -39,7 +39,7 @@ crop act on the uint8 images and normalisation per batch (the same values: those
 copies and the normalisation is per channel).
 
 Outputs under ``--workdir``: ``config.json`` (every hyperparameter, torch version, threads, CPU
-model, data source and statistics) and ``metrics.jsonl`` (one record per epoch: epoch, step,
+model and core count, git commit, data source and statistics) and ``metrics.jsonl`` (one record per epoch: epoch, step,
 train_loss, train_acc, lr, images_per_s, wall_s; then a final record with ``test_acc_tta0``,
 ``test_acc_tta1``, ``test_acc_tta2``, their losses, eval_s, wall_s). ``train_loss`` and
 ``train_acc`` are means over the epoch's examples (label-smoothed loss per example);
@@ -61,6 +61,7 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import pathlib
 import platform
 import sys
@@ -389,6 +390,7 @@ def train(args: argparse.Namespace) -> dict:
                "loader_mean": data["mean"], "loader_std": data["std"]},
       "n_params": twins.count_params(model), "torch": torch.__version__,
       "threads": torch.get_num_threads(), "cpu": provenance.cpu_model(),
+      "cpu_count": os.cpu_count(), "git": provenance.git_state(),
       "python": platform.python_version(), "data_load_s": data_load_s,
       "script": "benchmarks/airbench94_torch.py",
   }
