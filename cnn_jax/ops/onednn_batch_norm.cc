@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <string>
 #include <unordered_map>
+#include <utility>
 
 #include "onednn_common.h"
 
@@ -51,6 +52,24 @@ ffi::Error CheckWorkspace(const memory::desc& need, size_t have) {
         "cnn_jax onednn batch norm: workspace buffer of " + std::to_string(have) +
         " bytes, oneDNN needs " + std::to_string(need.get_size()));
   return ffi::Error::Success();
+}
+
+// Runs e's primitive on args, with the workspace (ws, ws_bytes) when relu.
+ffi::Error Execute(const Entry& e, std::unordered_map<int, memory> args, bool relu, void* ws,
+                   size_t ws_bytes) {
+  if (relu) {
+    if (ffi::Error err = CheckWorkspace(e.workspace, ws_bytes); err.failure()) return err;
+    args.insert({DNNL_ARG_WORKSPACE, memory(e.workspace, Engine(), ws)});
+  }
+  dnnl::stream s(Engine());
+  e.prim.execute(s, args);
+  s.wait();
+  return ffi::Error::Success();
+}
+
+ffi::Error OnednnError(const dnnl::error& err) {
+  return ffi::Error::Internal(std::string("cnn_jax onednn batch norm: oneDNN error: ") +
+                              err.what());
 }
 
 // Checks x (and the C-sized f32 vectors' lengths); sets the data and per-channel descriptors.
@@ -104,19 +123,10 @@ ffi::Error BatchNormFwd(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> scale,
         {DNNL_ARG_MEAN, memory(channel, eng, mean->typed_data())},
         {DNNL_ARG_VARIANCE, memory(channel, eng, var->typed_data())},
         {DNNL_ARG_SCRATCHPAD, cnn_jax_onednn::Scratchpad(e->scratch)}};
-    if (relu) {
-      if (ffi::Error err = CheckWorkspace(e->workspace, ws->size_bytes()); err.failure())
-        return err;
-      args.insert({DNNL_ARG_WORKSPACE, memory(e->workspace, eng, ws->untyped_data())});
-    }
-    dnnl::stream s(eng);
-    e->prim.execute(s, args);
-    s.wait();
+    return Execute(*e, std::move(args), relu, ws->untyped_data(), ws->size_bytes());
   } catch (const dnnl::error& err) {
-    return ffi::Error::Internal(std::string("cnn_jax onednn batch norm: oneDNN error: ") +
-                                err.what());
+    return OnednnError(err);
   }
-  return ffi::Error::Success();
 }
 
 ffi::Error BatchNormBwd(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Buffer<ffi::F32> mean,
@@ -155,19 +165,10 @@ ffi::Error BatchNormBwd(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Buffer<ffi::F3
         {DNNL_ARG_DIFF_SCALE, memory(channel, eng, dscale->typed_data())},
         {DNNL_ARG_DIFF_SHIFT, memory(channel, eng, dshift->typed_data())},
         {DNNL_ARG_SCRATCHPAD, cnn_jax_onednn::Scratchpad(e->scratch)}};
-    if (relu) {
-      if (ffi::Error err = CheckWorkspace(e->workspace, ws.size_bytes()); err.failure())
-        return err;
-      args.insert({DNNL_ARG_WORKSPACE, memory(e->workspace, eng, ws.untyped_data())});
-    }
-    dnnl::stream s(eng);
-    e->prim.execute(s, args);
-    s.wait();
+    return Execute(*e, std::move(args), relu, ws.untyped_data(), ws.size_bytes());
   } catch (const dnnl::error& err) {
-    return ffi::Error::Internal(std::string("cnn_jax onednn batch norm: oneDNN error: ") +
-                                err.what());
+    return OnednnError(err);
   }
-  return ffi::Error::Success();
 }
 
 }  // namespace
