@@ -192,3 +192,14 @@ def test_layer_relu_field_applies_relu_on_both_routes():
   ref = jax.nn.relu(nn.BatchNorm(use_running_average=False).apply(v, x, mutable=["batch_stats"])[0])
   for y in outs.values():
     np.testing.assert_allclose(y, ref, atol=1e-5, rtol=0)
+
+
+def test_epsilons_closer_than_six_decimals_get_their_own_primitives():
+  # Primitives are cached by shape, dtype and epsilon: 1e-7 and 1e-8 must not share one.
+  x = jnp.asarray(np.random.default_rng(5).standard_normal((2, 3, 3, 4)) * 1e-3, jnp.float32)
+  one, zero = jnp.ones((4,)), jnp.zeros((4,))
+  y7 = onednn_batch_norm.batch_norm_train(x, one, zero, 1e-7)[0]
+  y8 = onednn_batch_norm.batch_norm_train(x, one, zero, 1e-8)[0]
+  for y, eps in ((y7, 1e-7), (y8, 1e-8)):
+    want = _reference(x, np.ones(4), np.zeros(4), eps)[0]
+    np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=1e-4, atol=1e-4)

@@ -8,6 +8,7 @@
 // the backward reads to mask dy). Primitives are cached by shape, dtype, epsilon and relu.
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -89,7 +90,9 @@ ffi::Error Describe(ffi::AnyBuffer x, std::initializer_list<int64_t> vector_size
   *channel = memory::desc({d[3]}, memory::data_type::f32, memory::format_tag::a);
   *key = std::string(1, kind);
   for (auto v : d) *key += std::to_string(v) + ',';
-  *key += std::to_string(static_cast<int>(dt)) + ',' + std::to_string(epsilon) + ',' +
+  uint32_t eps_bits;  // exact: to_string(float) keeps 6 decimals, so 1e-7 and 1e-8 would collide
+  std::memcpy(&eps_bits, &epsilon, sizeof eps_bits);
+  *key += std::to_string(static_cast<int>(dt)) + ',' + std::to_string(eps_bits) + ',' +
           std::to_string(relu);
   return ffi::Error::Success();
 }

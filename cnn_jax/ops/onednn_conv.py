@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnn_jax.ops.conv import resolve_padding
 from cnn_jax.ops import onednn_library
+from cnn_jax.ops.conv import resolve_padding
 from cnn_jax.ops.depthwise import is_nhwc, output_hw
 
 _SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16)
