@@ -10,9 +10,10 @@ Run (offline, with the JPEG copy of CIFAR-10)::
 
 Expected (logged runs, experiments/cifar10_speedrun): with oneDNN's convolutions and
 BatchNorm (``conv_backend = 'onednn'``, the default where the ``onednn`` extra is installed;
-2-core Intel Xeon, 2026-12-07) 90.73% test top-1 with the flip + translate TTA in 22.8
-minutes of ``wall_s`` (decoded-image cache warm; compilation and the final 6-view evaluation
-counted; median 380 train images/s); with XLA's convolutions (2-core AMD EPYC, 2026-12-03)
+2-core Intel Xeon, 2026-12-07) 90.73% and 90.81% test top-1 with the flip + translate TTA
+(mean 90.77%) in 22.8 and 21.7 minutes of ``wall_s`` (decoded-image cache warm; compilation
+and the final 6-view evaluation counted; median 380-400 train images/s); with XLA's
+convolutions (2-core AMD EPYC, 2026-12-03)
 90.61% and 90.80% in 50.0 and 48.7 minutes. The time target is met with oneDNN, the
 accuracy target is not: the reference's 94.01% mean (TTA level 2, 3.83 s on one A100, its
 README) is on the original CIFAR-10, these runs on the JPEG copy (PSNR ~30 dB), where the
