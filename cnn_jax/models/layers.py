@@ -73,8 +73,8 @@ class BatchNorm(nn.BatchNorm):
     axes = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
     return (not use_running_average and mask is None and self.axis_name is None
             and not self.is_initializing() and cpu_conv.current_backend() == "onednn"
-            and x.ndim == 4 and tuple(a % 4 for a in axes) == (3,)
-            and onednn_batch_norm.supports(x.shape, x.dtype)
+            and onednn_batch_norm.supports(x.shape, x.dtype)  # rank 4 among others
+            and tuple(a % x.ndim for a in axes) == (x.ndim - 1,)
             and self.force_float32_reductions)
 
   @nn.compact

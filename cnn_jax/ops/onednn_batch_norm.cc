@@ -4,8 +4,8 @@
 // x, y, dy, dx: NHWC, f32 or bf16 (one dtype). scale, shift, mean, var, dscale, dshift: f32
 // (C). mean and var are the batch's, var biased (divided by N*H*W), as oneDNN and flax compute
 // them. Attributes: epsilon; relu (ReLU fused after the normalization: oneDNN's
-// fuse_norm_relu, whose forward writes a workspace, ws, of at most one byte per element, that
-// the backward reads to mask dy). Primitives are cached by shape, dtype, epsilon and relu.
+// fuse_norm_relu, whose forward writes a workspace, ws, the ReLU mask that the backward reads
+// to mask dy; sized by CnnJaxOnednnBatchNormWorkspaceBytes). Primitives are cached by shape, dtype, epsilon and relu.
 
 #include <cstdint>
 #include <cstring>
@@ -175,6 +175,20 @@ ffi::Error BatchNormBwd(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Buffer<ffi::F3
 }
 
 }  // namespace
+
+// The bytes of the fuse_norm_relu workspace (the ReLU mask) oneDNN's forward writes for an
+// (n, h, w, c) NHWC input, f32 or bf16 (is_bf16), for Python to size the FFI output exactly
+// (the jit kernels keep one bit per element, the reference one byte); -1 on a oneDNN error.
+extern "C" int64_t CnnJaxOnednnBatchNormWorkspaceBytes(int64_t n, int64_t h, int64_t w,
+                                                       int64_t c, int is_bf16) {
+  try {
+    memory::desc data({n, c, h, w}, is_bf16 ? memory::data_type::bf16 : memory::data_type::f32,
+                      memory::format_tag::nhwc);
+    return static_cast<int64_t>(FwdDesc(data, 1e-5f, true).workspace_desc().get_size());
+  } catch (const dnnl::error&) {
+    return -1;
+  }
+}
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnBatchNormFwd, BatchNormFwd,
                               ffi::Ffi::Bind()

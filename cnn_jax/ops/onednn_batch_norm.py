@@ -31,6 +31,7 @@ built and registered by :mod:`cnn_jax.ops.onednn_library`.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 
 import jax
@@ -53,10 +54,20 @@ def _call(name, outs, *args, epsilon, relu):
       *args, epsilon=np.float32(epsilon), relu=bool(relu))
 
 
-def _workspace_bytes(shape, relu: bool) -> int:
-  # oneDNN's fuse_norm_relu workspace holds the ReLU mask, at most one byte per element (the
-  # C++ side checks that oneDNN's workspace fits).
-  return int(np.prod(shape)) if relu else 0
+@functools.lru_cache(maxsize=None)
+def _workspace_bytes(shape: tuple[int, ...], dtype: jnp.dtype, relu: bool) -> int:
+  # The size of oneDNN's fuse_norm_relu workspace (the ReLU mask: one bit per element in its
+  # jit kernels), asked of oneDNN so that the FFI output is exactly that large.
+  if not relu:
+    return 0
+  fn = onednn_library.library().CnnJaxOnednnBatchNormWorkspaceBytes
+  fn.restype = ctypes.c_int64
+  n, h, w, c = shape
+  size = fn(*(ctypes.c_int64(v) for v in (n, h, w, c)), ctypes.c_int(dtype == jnp.bfloat16))
+  if size < 0:
+    raise RuntimeError(f"onednn_batch_norm: oneDNN has no fused BatchNorm + ReLU for {shape} "
+                       f"{dtype}")
+  return int(size)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -66,7 +77,8 @@ def _bn(x, scale, shift, epsilon, relu):
 
 def _bn_fwd(x, scale, shift, epsilon, relu):
   c = jax.ShapeDtypeStruct((x.shape[3],), jnp.float32)
-  ws = jax.ShapeDtypeStruct((_workspace_bytes(x.shape, relu),), jnp.uint8)
+  ws = jax.ShapeDtypeStruct((_workspace_bytes(tuple(x.shape), jnp.dtype(x.dtype), relu),),
+                            jnp.uint8)
   y, mean, var, workspace = _call("batch_norm_fwd", (
       jax.ShapeDtypeStruct(x.shape, x.dtype), c, c, ws), x, scale, shift, epsilon=epsilon,
       relu=relu)

@@ -167,3 +167,15 @@ def load() -> str:
       _loaded["lib"] = lib
       _loaded["version"] = f"{v // 10000}.{v // 100 % 100}.{v % 100}"
     return str(_loaded["version"])
+
+
+def library() -> ctypes.CDLL:
+  """The loaded library (:func:`load` first), for its plain C helpers (e.g.
+  ``CnnJaxOnednnBatchNormWorkspaceBytes``).
+
+  Raises:
+    RuntimeError: as :func:`build`.
+  """
+  load()
+  return _loaded["lib"]  # type: ignore[return-value]
+
