@@ -2,11 +2,13 @@
 taken only where cpu_conv's backend says so, and fails loudly where it cannot run."""
 
 import contextlib
+import functools
 import os
 import pathlib
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,6 +59,95 @@ def test_conv_equals_xla_in_value_and_gradients(xs, ws, s, p, d, g, dtype, tol):
     assert a.shape == b.shape and a.dtype == b.dtype, name
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     np.testing.assert_allclose(a, b, rtol=0, atol=tol * np.abs(b).max(), err_msg=name)
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+@pytest.mark.parametrize("xs,ws,s,p,d,g", [CASES[i] for i in (1, 4, 6, 7)])
+def test_conv_with_bias_equals_xla_plus_bias_in_value_and_gradients(xs, ws, s, p, d, g, dtype,
+                                                                     tol):
+  # Strided, dilated, depthwise and grouped: the bias is oneDNN's in both directions.
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal(xs), dtype)
+  w = jnp.asarray(rng.standard_normal(ws), dtype)
+  b = jnp.asarray(rng.standard_normal(ws[3]), jnp.float32)
+
+  def ref(x, w, b):  # in float32, rounded once, as oneDNN does
+    y = lax.conv_general_dilated(x.astype(jnp.float32), w.astype(jnp.float32), s, p,
+                                 rhs_dilation=d, dimension_numbers=NHWC,
+                                 feature_group_count=g)
+    return (y + b).astype(dtype)
+
+  ct = jnp.asarray(rng.standard_normal(ref(x, w, b).shape), dtype)
+
+  def value_and_vjp(f, x, w, b):
+    y, vjp = jax.vjp(f, x, w, b)
+    return (y, *vjp(ct))
+
+  want = value_and_vjp(ref, x, w, b)
+  mine = jax.jit(functools.partial(
+      value_and_vjp, lambda x, w, b: onednn_conv.conv(x, w, s, p, d, g, bias=b)))
+  text = mine.lower(x, w, b).as_text()
+  assert "cnn_jax_onednn_conv_fwd_bias" in text and "conv_bwd_weights_bias" in text
+  for name, a, c in zip(("y", "dx", "dw", "db"), mine(x, w, b), want):
+    assert a.shape == c.shape and a.dtype == c.dtype, name
+    a, c = np.asarray(a, np.float32), np.asarray(c, np.float32)
+    np.testing.assert_allclose(a, c, rtol=0, atol=tol * np.abs(c).max(), err_msg=name)
+
+
+def test_conv_rejects_a_bias_of_the_wrong_shape():
+  x, w = jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 5))
+  with pytest.raises(ValueError, match=r"bias must have shape \(C_out,\) = \(5,\), got \(4,\)"):
+    onednn_conv.conv(x, w, padding="SAME", bias=jnp.zeros((4,)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_layers_conv_puts_its_bias_into_onednn_with_nn_conv_variables(dtype):
+  from cnn_jax.models import layers
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.standard_normal((2, 8, 8, 6)), jnp.float32)
+  kw = dict(features=9, kernel_size=(3, 3), strides=2, padding="SAME", feature_group_count=3,
+            dtype=dtype)
+  mine, ref = layers.Conv(**kw), nn.Conv(**kw)
+  variables = mine.init(jax.random.key(0), x)
+  assert (jax.tree_util.tree_map(jnp.shape, variables)
+          == jax.tree_util.tree_map(jnp.shape, ref.init(jax.random.key(0), x)))
+  variables = jax.tree_util.tree_map(  # a non-zero bias, so that adding it is checked
+      lambda v: jnp.asarray(rng.standard_normal(v.shape), v.dtype), variables)
+
+  def loss(module, backend, v):
+    with cpu_conv.conv_backend(backend):
+      y = module.apply(v, x)
+    return jnp.sum(jnp.sin(y.astype(jnp.float32))), y
+
+  texts = {}
+  for backend in ("xla", "onednn"):
+    texts[backend] = jax.jit(jax.grad(lambda v: loss(mine, backend, v)[0])).lower(
+        variables).as_text()
+  assert "conv_fwd_bias" in texts["onednn"] and "conv_bwd_weights_bias" in texts["onednn"]
+  assert "cnn_jax_onednn" not in texts["xla"]
+  (l0, y0), g0 = jax.value_and_grad(lambda v: loss(ref, "xla", v), has_aux=True)(variables)
+  (l1, y1), g1 = jax.jit(jax.value_and_grad(lambda v: loss(mine, "onednn", v),
+                                            has_aux=True))(variables)
+  assert y1.dtype == y0.dtype == dtype
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g1), jax.tree_util.tree_leaves(g0)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=tol * float(np.abs(b).max()),
+                               err_msg=jax.tree_util.keystr(path))
+  np.testing.assert_allclose(np.asarray(y1, np.float32), np.asarray(y0, np.float32), rtol=0,
+                             atol=tol * float(np.abs(np.asarray(y0, np.float32)).max()))
+
+
+def test_layers_conv_without_bias_or_at_init_takes_the_nn_conv_path():
+  from cnn_jax.models import layers
+  x = jnp.ones((1, 6, 6, 4))
+  for module in (layers.Conv(4, (3, 3), use_bias=False), layers.Conv(4, (3, 3))):
+    with cpu_conv.conv_backend("onednn"):
+      v = module.init(jax.random.key(0), x)
+      init_text = jax.jit(lambda: module.init(jax.random.key(0), x)).lower().as_text()
+      text = jax.jit(lambda v: module.apply(v, x)).lower(v).as_text()
+    assert "conv_fwd_bias" not in init_text
+    assert ("conv_fwd_bias" in text) == module.use_bias
+    assert "cnn_jax_onednn_conv_fwd" in text
 
 
 @pytest.mark.parametrize("kwargs", [

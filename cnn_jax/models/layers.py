@@ -1,10 +1,10 @@
 """Layers shared by the model families.
 
-* :data:`Conv`: ``flax.linen.Conv`` computing through
+* :class:`Conv`: ``flax.linen.Conv`` computing through
   :func:`cnn_jax.ops.cpu_conv.conv_general_dilated` (on CPU oneDNN's convolution, or XLA's
   with the two cases its CPU backend runs slowly rerouted: depthwise convs and outputs
-  smaller than the window). Every model builds its convolutions with it; parameters are
-  ``nn.Conv``'s.
+  smaller than the window), with the bias inside oneDNN's primitives where oneDNN computes
+  the conv. Every model builds its convolutions with it; parameters are ``nn.Conv``'s.
 * :func:`max_pool`: ``flax.linen.max_pool`` with tiling windows computed by a reshape on CPU
   (:mod:`cnn_jax.ops.cpu_pool`; same value and gradient).
 * :class:`BatchNorm`: ``flax.linen.BatchNorm`` whose training-mode batch statistics, output
@@ -33,12 +33,66 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.ops import cpu_conv, cpu_pool, onednn_batch_norm
+from cnn_jax.ops import cpu_conv, cpu_pool, depthwise, onednn_batch_norm, onednn_conv
 
 
-# A partial, not a subclass: modules stay nn.Conv (same parameter names, same isinstance
-# checks, e.g. cnn_jax.xla_cpu.materialized_conv_inputs).
-Conv = functools.partial(nn.Conv, conv_general_dilated=cpu_conv.conv_general_dilated)
+class Conv(nn.Conv):
+  """``flax.linen.Conv`` whose convolution is :func:`cnn_jax.ops.cpu_conv.conv_general_dilated`.
+
+  Same fields, variables (``kernel`` ``(K_h, K_w, C_in / G, C_out)`` HWIO, ``bias``
+  ``(C_out,)``), auto-name (``Conv_<i>``) and ``isinstance(m, nn.Conv)`` as ``nn.Conv``, so
+  checkpoints and parameter counts are ``nn.Conv``'s. One case differs in how, not what, it
+  computes: with a bias, under ``conv_backend = 'onednn'`` on CPU, a ``(N, H, W, C)`` input
+  whose conv :func:`cnn_jax.ops.onednn_conv.supports` (no mask, unshared weights or input
+  dilation; padding 'SAME', 'VALID' or explicit) goes to
+  :func:`cnn_jax.ops.onednn_conv.conv` with ``bias=``: the bias is added inside oneDNN's
+  forward primitive and its gradient comes from the kernel-gradient primitive, as in
+  PyTorch's ``nn.Conv2d``, where ``nn.Conv`` adds it, and XLA reduces its gradient, in two
+  extra passes over the output (entry 19 of ``experiments/performance_log.md``). The output
+  is the same within float rounding (bfloat16: one rounding instead of two).
+  """
+
+  conv_general_dilated: Any = cpu_conv.conv_general_dilated
+
+  def _onednn_bias_route(self, x, kernel_size, padding, dtype) -> bool:
+    if not (self.use_bias and self.shared_weights and self.mask is None and x.ndim == 4
+            and len(kernel_size) == 2 and not self.is_initializing()
+            and self.conv_general_dilated is cpu_conv.conv_general_dilated
+            and cpu_conv.current_backend() == "onednn" and jax.default_backend() == "cpu"
+            and not depthwise.forcing_xla()
+            and all(d == 1 for d in _pair(self.input_dilation))
+            and (padding in ("SAME", "VALID") or not isinstance(padding, str))):
+      return False
+    groups = self.feature_group_count
+    c_in = x.shape[3]
+    return c_in % groups == 0 and onednn_conv.supports(
+        x.shape, (*kernel_size, c_in // groups, self.features), dtype, dtype, padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+
+  @nn.compact
+  def __call__(self, inputs):
+    """``(N, H, W, C_in) -> (N, H_out, W_out, C_out)`` (other ranks: ``nn.Conv``)."""
+    kernel_size = ((self.kernel_size,) if isinstance(self.kernel_size, int)
+                   else tuple(self.kernel_size))
+    padding = nn.linear.canonicalize_padding(self.padding, len(kernel_size))
+    dtype = (jnp.dtype(self.dtype) if self.dtype is not None
+             else jnp.promote_types(inputs.dtype, self.param_dtype))
+    if not self._onednn_bias_route(inputs, kernel_size, padding, dtype):
+      return super().__call__(inputs)
+    c_in = inputs.shape[3]
+    kernel = self.param("kernel", self.kernel_init,
+                        (*kernel_size, c_in // self.feature_group_count, self.features),
+                        self.param_dtype)
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+    inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    return onednn_conv.conv(inputs, kernel, _pair(self.strides), padding,
+                            _pair(self.kernel_dilation), self.feature_group_count, bias=bias)
+
+
+def _pair(v) -> tuple[int, int]:
+  """A Flax ``strides`` / dilation field (None, an int or a sequence) as 2 ints."""
+  v = 1 if v is None else v
+  return (int(v),) * 2 if isinstance(v, int) else tuple(int(i) for i in v)
 
 # nn.max_pool with a fast path for tiling windows on CPU (same value and gradient).
 max_pool = cpu_pool.max_pool

@@ -6,7 +6,10 @@
 // oneDNN memory descriptors below state those layouts by strides, so no user-side transpose
 // exists; oneDNN picks its own kernel layout for the (small) kernel tensor and reorders it.
 // Attributes: strides (s_h, s_w), padding (top, bottom, left, right), dilation (d_h, d_w)
-// counted as in lax (1 = dense; oneDNN counts from 0), groups G.
+// counted as in lax (1 = dense; oneDNN counts from 0), groups G. The *Bias handlers add a
+// float32 bias (C_out,) inside the forward primitive and return its gradient (sum of dy over
+// N, H, W, float32) from the kernel-gradient primitive, as PyTorch's oneDNN convs do; XLA
+// would otherwise spend a pass over y on each (a blocked reduce-window for the gradient).
 // Primitives are cached by shape; scratchpads are per call (onednn_common.h).
 
 #include <cstdint>
@@ -59,8 +62,9 @@ ffi::Error MakeGeometry(ffi::Span<const int64_t> xd, ffi::Span<const int64_t> wd
   return ffi::Error::Success();
 }
 
-std::string Key(char kind, const Geometry& g, int dt, int wdt) {
+std::string Key(char kind, bool bias, const Geometry& g, int dt, int wdt) {
   std::string k(1, kind);
+  if (bias) k += 'b';
   for (const memory::dims* v : {&g.src, &g.dst, &g.wei, &g.strides, &g.dil, &g.pad_l, &g.pad_r}) {
     k += '|';
     for (auto d : *v) { k += std::to_string(d); k += ','; }
@@ -83,13 +87,15 @@ cnn_jax_onednn::PrimitiveCache<Entry>& Cache() {
   return *cache;
 }
 
+// bias: an empty desc for none.
 dnnl::convolution_forward::primitive_desc FwdDesc(const Geometry& g, memory::data_type dt,
                                                   const memory::desc& src,
+                                                  const memory::desc& bias,
                                                   const memory::desc& dst) {
   memory::desc wei_any(g.wei, dt, memory::format_tag::any);
   return dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
-      wei_any, dst, g.strides, g.dil, g.pad_l, g.pad_r, UserScratchpad());
+      wei_any, bias, dst, g.strides, g.dil, g.pad_l, g.pad_r, UserScratchpad());
 }
 
 void Finish(Entry& e, const memory::desc& wei_user, const memory::desc& wei_internal,
@@ -106,9 +112,11 @@ void Finish(Entry& e, const memory::desc& wei_user, const memory::desc& wei_inte
 enum Kind : char { kFwd = 'f', kBwdData = 'd', kBwdWeights = 'w' };
 
 // Runs one direction. a, b: the two inputs (fwd: x, w; bwd data: dy, w; bwd weights: x, dy).
+// bias: the float32 (C_out,) bias (fwd) or bias gradient (bwd weights), or null for none.
 ffi::Error Run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,
-               ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
-               ffi::Span<const int64_t> dilation, int64_t groups) {
+               const ffi::AnyBuffer* bias, ffi::Span<const int64_t> strides,
+               ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation,
+               int64_t groups) {
   memory::data_type dt = DnnlType(a.element_type());  // x or dy: the activation dtype
   memory::data_type wdt = kind == kBwdWeights ? DnnlType(out->element_type())
                                               : DnnlType(b.element_type());
@@ -125,14 +133,22 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::A
   if (ffi::Error err = MakeGeometry(xd, wd, yd, strides, padding, dilation, groups, &g);
       err.failure())
     return err;
+  if (bias != nullptr && (bias->element_type() != ffi::DataType::F32 ||
+                          bias->dimensions().size() != 1 || bias->dimensions()[0] != yd[3]))
+    return ffi::Error::InvalidArgument(
+        "cnn_jax onednn conv: the bias (and its gradient) must be float32 of shape (C_out,)");
   try {
     auto& eng = Engine();
     memory::desc src(g.src, dt, memory::format_tag::nhwc);
     memory::desc dst(g.dst, dt, memory::format_tag::nhwc);
     memory::desc wei_user(g.wei, wdt, g.wei_strides);
-    auto e = Cache().Get(Key(kind, g, static_cast<int>(dt), static_cast<int>(wdt)), [&]() {
+    memory::desc bias_md = bias != nullptr
+        ? memory::desc({yd[3]}, memory::data_type::f32, memory::format_tag::a)
+        : memory::desc();
+    auto e = Cache().Get(Key(kind, bias != nullptr, g, static_cast<int>(dt),
+                             static_cast<int>(wdt)), [&]() {
       Entry entry;
-      auto hint = FwdDesc(g, dt, src, dst);
+      auto hint = FwdDesc(g, dt, src, bias_md, dst);
       if (kind == kFwd) {
         entry.prim = dnnl::convolution_forward(hint);
         entry.scratch = hint.scratchpad_desc();
@@ -148,8 +164,8 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::A
       } else {
         memory::desc wei_any(g.wei, wdt, memory::format_tag::any);
         dnnl::convolution_backward_weights::primitive_desc pd(
-            eng, dnnl::algorithm::convolution_direct, src, wei_any, dst, g.strides, g.dil,
-            g.pad_l, g.pad_r, hint, UserScratchpad());
+            eng, dnnl::algorithm::convolution_direct, src, wei_any, bias_md, dst, g.strides,
+            g.dil, g.pad_l, g.pad_r, hint, UserScratchpad());
         entry.prim = dnnl::convolution_backward_weights(pd);
         entry.scratch = pd.scratchpad_desc();
         Finish(entry, wei_user, pd.diff_weights_desc(), false);
@@ -172,6 +188,9 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::A
       args = {{DNNL_ARG_SRC, act}, {DNNL_ARG_DIFF_DST, memory(dst, eng, b.untyped_data())},
               {DNNL_ARG_DIFF_WEIGHTS, wei_p}};
     }
+    if (bias != nullptr)
+      args.insert({kind == kFwd ? DNNL_ARG_BIAS : DNNL_ARG_DIFF_BIAS,
+                   memory(bias_md, eng, bias->untyped_data())});
     args.insert({DNNL_ARG_SCRATCHPAD, scratch});
     // The kernel comes in (forward, input gradient) or goes out (kernel gradient) in HWIO.
     if (kind != kBwdWeights && e->reorder) e->wei_reorder.execute(s, wei_m, wei_p);
@@ -187,36 +206,60 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::A
 ffi::Error ConvFwd(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
                    ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
                    ffi::Span<const int64_t> dilation, int64_t groups) {
-  return Run(kFwd, x, w, y, strides, padding, dilation, groups);
+  return Run(kFwd, x, w, y, nullptr, strides, padding, dilation, groups);
+}
+
+ffi::Error ConvFwdBias(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer bias,
+                       ffi::Result<ffi::AnyBuffer> y, ffi::Span<const int64_t> strides,
+                       ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation,
+                       int64_t groups) {
+  return Run(kFwd, x, w, y, &bias, strides, padding, dilation, groups);
 }
 
 ffi::Error ConvBwdData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx,
                        ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
                        ffi::Span<const int64_t> dilation, int64_t groups) {
-  return Run(kBwdData, dy, w, dx, strides, padding, dilation, groups);
+  return Run(kBwdData, dy, w, dx, nullptr, strides, padding, dilation, groups);
 }
 
 ffi::Error ConvBwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
                           ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
                           ffi::Span<const int64_t> dilation, int64_t groups) {
-  return Run(kBwdWeights, x, dy, dw, strides, padding, dilation, groups);
+  return Run(kBwdWeights, x, dy, dw, nullptr, strides, padding, dilation, groups);
+}
+
+// The bias gradient is written through an AnyBuffer view of the result (Run reads only its
+// dtype, dimensions and data pointer).
+ffi::Error ConvBwdWeightsBias(ffi::AnyBuffer x, ffi::AnyBuffer dy,
+                              ffi::Result<ffi::AnyBuffer> dw, ffi::Result<ffi::AnyBuffer> db,
+                              ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
+                              ffi::Span<const int64_t> dilation, int64_t groups) {
+  ffi::AnyBuffer db_view = *db;
+  return Run(kBwdWeights, x, dy, dw, &db_view, strides, padding, dilation, groups);
 }
 
 }  // namespace
 
-#define CNN_JAX_CONV_BINDING                         \
-  ffi::Ffi::Bind()                                   \
-      .Arg<ffi::AnyBuffer>()                         \
-      .Arg<ffi::AnyBuffer>()                         \
-      .Ret<ffi::AnyBuffer>()                         \
+#define CNN_JAX_CONV_ATTRS                           \
       .Attr<ffi::Span<const int64_t>>("strides")     \
       .Attr<ffi::Span<const int64_t>>("padding")     \
       .Attr<ffi::Span<const int64_t>>("dilation")    \
       .Attr<int64_t>("groups")
+#define CNN_JAX_CONV_BINDING \
+  ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>() \
+      CNN_JAX_CONV_ATTRS
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvFwd, ConvFwd, CNN_JAX_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvBwdData, ConvBwdData, CNN_JAX_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvBwdWeights, ConvBwdWeights, CNN_JAX_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    CnnJaxOnednnConvFwdBias, ConvFwdBias,
+    ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+        .Ret<ffi::AnyBuffer>() CNN_JAX_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    CnnJaxOnednnConvBwdWeightsBias, ConvBwdWeightsBias,
+    ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+        .Ret<ffi::AnyBuffer>() CNN_JAX_CONV_ATTRS);
 
 extern "C" int CnnJaxOnednnVersion() {
   const dnnl_version_t* v = dnnl_version();

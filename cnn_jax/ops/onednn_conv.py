@@ -68,16 +68,24 @@ def _attrs(strides, pads, dilation, groups):
               dilation=np.asarray(dilation, np.int64), groups=np.int64(groups))
 
 
-def _call(direction, out_shape, out_dtype, a, b, attrs):
-  return jax.ffi.ffi_call(onednn_library.FFI_PREFIX + "conv_" + direction, jax.ShapeDtypeStruct(out_shape, out_dtype),
-                          vmap_method="sequential")(a, b, **attrs)
+def _call(direction, out_shape, out_dtype, *operands, attrs):
+  """``out_shape``/``out_dtype``: one result, or tuples of them for several."""
+  if isinstance(out_dtype, tuple):
+    result = tuple(jax.ShapeDtypeStruct(s, d) for s, d in zip(out_shape, out_dtype))
+  else:
+    result = jax.ShapeDtypeStruct(out_shape, out_dtype)
+  return jax.ffi.ffi_call(onednn_library.FFI_PREFIX + "conv_" + direction, result,
+                          vmap_method="sequential")(*operands, **attrs)
+
+
+def _out_shape(x, w, strides, pads, dilation):
+  return (x.shape[0], *output_hw(x.shape, w.shape, strides, pads, dilation), w.shape[3])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _conv(x, w, strides, pads, dilation, groups):
-  ho, wo = output_hw(x.shape, w.shape, strides, pads, dilation)
-  return _call("fwd", (x.shape[0], ho, wo, w.shape[3]), x.dtype, x, w,
-               _attrs(strides, pads, dilation, groups))
+  return _call("fwd", _out_shape(x, w, strides, pads, dilation), x.dtype, x, w,
+               attrs=_attrs(strides, pads, dilation, groups))
 
 
 def _conv_fwd(x, w, strides, pads, dilation, groups):
@@ -88,19 +96,44 @@ def _conv_bwd(strides, pads, dilation, groups, res, g):
   x, w = res
   attrs = _attrs(strides, pads, dilation, groups)
   g = g.astype(x.dtype)
-  dx = _call("bwd_data", x.shape, x.dtype, g, w, attrs)
-  dw = _call("bwd_weights", w.shape, jnp.float32, x, g, attrs).astype(w.dtype)
+  dx = _call("bwd_data", x.shape, x.dtype, g, w, attrs=attrs)
+  dw = _call("bwd_weights", w.shape, jnp.float32, x, g, attrs=attrs).astype(w.dtype)
   return dx, dw
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
+# With a float32 bias: added inside the forward primitive, its gradient (the sum of the
+# output gradient over N, H, W) from the kernel-gradient primitive.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _conv_bias(x, w, b, strides, pads, dilation, groups):
+  return _call("fwd_bias", _out_shape(x, w, strides, pads, dilation), x.dtype, x, w, b,
+               attrs=_attrs(strides, pads, dilation, groups))
+
+
+def _conv_bias_fwd(x, w, b, strides, pads, dilation, groups):
+  return _conv_bias(x, w, b, strides, pads, dilation, groups), (x, w)
+
+
+def _conv_bias_bwd(strides, pads, dilation, groups, res, g):
+  x, w = res
+  attrs = _attrs(strides, pads, dilation, groups)
+  g = g.astype(x.dtype)
+  dx = _call("bwd_data", x.shape, x.dtype, g, w, attrs=attrs)
+  dw, db = _call("bwd_weights_bias", (w.shape, (w.shape[3],)), (jnp.float32, jnp.float32),
+                 x, g, attrs=attrs)
+  return dx, dw.astype(w.dtype), db
+
+
+_conv_bias.defvjp(_conv_bias_fwd, _conv_bias_bwd)
+
+
 def conv(x: jax.Array, w: jax.Array, strides=(1, 1), padding="VALID", dilation=(1, 1),
-         feature_group_count: int = 1) -> jax.Array:
+         feature_group_count: int = 1, bias: jax.Array | None = None) -> jax.Array:
   """``lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation,
   dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=...)`` computed by oneDNN,
-  differentiable (first order; ``jax.custom_vjp``).
+  differentiable (first order; ``jax.custom_vjp``), plus ``bias`` if given.
 
   Args:
     x: ``(N, H, W, C_in)``, float32 or bfloat16.
@@ -109,12 +142,17 @@ def conv(x: jax.Array, w: jax.Array, strides=(1, 1), padding="VALID", dilation=(
     padding: ``'SAME'``, ``'VALID'`` or ``((top, bottom), (left, right))`` pixels, >= 0.
     dilation: ``(d_h, d_w)`` kernel dilation (``rhs_dilation``), pixels.
     feature_group_count: G (``C_in`` for depthwise).
+    bias: ``(C_out,)`` or None. Added to the float32 accumulator inside oneDNN's forward
+      primitive (one rounding to the output dtype, where ``conv(x, w) + bias`` rounds twice
+      in bfloat16), its gradient (float32, cast to ``bias.dtype``) comes from the
+      kernel-gradient primitive: no separate pass over the output in either direction.
 
   Returns:
     ``(N, H_out, W_out, C_out)`` in the dtype of ``x`` (oneDNN accumulates in float32).
 
   Raises:
-    ValueError: shapes, dtypes or padding outside :func:`supports`.
+    ValueError: shapes, dtypes or padding outside :func:`supports`, or a bias not of shape
+      ``(C_out,)``.
     RuntimeError: the library cannot be built or loaded (:func:`cnn_jax.ops.onednn_library.load`); a oneDNN failure at
       run time surfaces as XLA's error carrying oneDNN's message.
   """
@@ -125,7 +163,13 @@ def conv(x: jax.Array, w: jax.Array, strides=(1, 1), padding="VALID", dilation=(
     raise ValueError(f"onednn_conv.conv: unsupported convolution x {x.shape} {x.dtype}, "
                      f"w {w.shape} {w.dtype}, padding {padding}, groups {feature_group_count} "
                      "(needs NHWC/HWIO float32 or bfloat16 of one dtype, padding >= 0)")
+  if bias is not None and tuple(bias.shape) != (w.shape[3],):
+    raise ValueError(f"onednn_conv.conv: bias must have shape (C_out,) = ({w.shape[3]},), "
+                     f"got {tuple(bias.shape)}")
   onednn_library.load()
   pads = resolve_padding(padding, tuple(x.shape[1:3]), tuple(w.shape[:2]), strides, dilation)
   pads = tuple(tuple(int(p) for p in pair) for pair in pads)
-  return _conv(x, w, strides, pads, dilation, int(feature_group_count))
+  if bias is None:
+    return _conv(x, w, strides, pads, dilation, int(feature_group_count))
+  b32 = bias.astype(jnp.float32)
+  return _conv_bias(x, w, b32, strides, pads, dilation, int(feature_group_count))

@@ -38,6 +38,8 @@ HEADER = _HERE / "onednn_common.h"
 # Registered name (after FFI_PREFIX) -> the library's handler symbol.
 TARGETS = {"conv_fwd": "CnnJaxOnednnConvFwd", "conv_bwd_data": "CnnJaxOnednnConvBwdData",
            "conv_bwd_weights": "CnnJaxOnednnConvBwdWeights",
+           "conv_fwd_bias": "CnnJaxOnednnConvFwdBias",
+           "conv_bwd_weights_bias": "CnnJaxOnednnConvBwdWeightsBias",
            "batch_norm_fwd": "CnnJaxOnednnBatchNormFwd",
            "batch_norm_bwd": "CnnJaxOnednnBatchNormBwd"}
 FFI_PREFIX = "cnn_jax_onednn_"
