@@ -46,6 +46,9 @@ def test_params_column_matches_count_params(resnet20_rows):
 def test_conv_rows_follow_the_formula(resnet20_rows):
   convs = [r for r in resnet20_rows if r.type == "Conv"]
   assert len(convs) == 19  # stem + 9 blocks x 2 (option A shortcuts have no conv)
+  # One row per layer: the oneDNN-routing subclasses (layers.Conv, layers.BatchNorm) must not
+  # show their fallback to nn.Conv / nn.BatchNorm as a second call.
+  assert sum(r.type == "BatchNorm" for r in resnet20_rows) == 19
   # Hand table of ResNet-20: (k, c_in, c_out, h_out) for each conv in order.
   spec = [(3, 3, 16, 32)] + [(3, 16, 16, 32)] * 6 + [(3, 16, 32, 16)] + \
       [(3, 32, 32, 16)] * 5 + [(3, 32, 64, 8)] + [(3, 64, 64, 8)] * 5

@@ -54,6 +54,7 @@ class Conv(nn.Conv):
 
   conv_general_dilated: Any = cpu_conv.conv_general_dilated
 
+  @nn.nowrap
   def _onednn_bias_route(self, x, kernel_size, padding, dtype) -> bool:
     if not (self.use_bias and self.shared_weights and self.mask is None and x.ndim == 4
             and len(kernel_size) == 2 and not self.is_initializing()
@@ -78,7 +79,7 @@ class Conv(nn.Conv):
     dtype = (jnp.dtype(self.dtype) if self.dtype is not None
              else jnp.promote_types(inputs.dtype, self.param_dtype))
     if not self._onednn_bias_route(inputs, kernel_size, padding, dtype):
-      return super().__call__(inputs)
+      return _unwrapped(nn.Conv.__call__)(self, inputs)
     c_in = inputs.shape[3]
     kernel = self.param("kernel", self.kernel_init,
                         (*kernel_size, c_in // self.feature_group_count, self.features),
@@ -87,6 +88,13 @@ class Conv(nn.Conv):
     inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
     return onednn_conv.conv(inputs, kernel, _pair(self.strides), padding,
                             _pair(self.kernel_dilation), self.feature_group_count, bias=bias)
+
+
+def _unwrapped(method):
+  """The body of a Flax module method without Flax's wrapper: called from the subclass's own
+  (wrapped) ``__call__``, it runs in that call's scope, so method interceptors (the summary,
+  the geometry checks, ``materialized_conv_inputs``) see one call per layer, not two."""
+  return method.__wrapped__
 
 
 def _pair(v) -> tuple[int, int]:
@@ -123,6 +131,7 @@ class BatchNorm(nn.BatchNorm):
 
   relu: bool = False
 
+  @nn.nowrap
   def _onednn_route(self, x, use_running_average, mask) -> bool:
     axes = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
     return (not use_running_average and mask is None and self.axis_name is None
@@ -137,7 +146,7 @@ class BatchNorm(nn.BatchNorm):
     merged = nn.merge_param("use_running_average", self.use_running_average,
                             use_running_average)
     if not self._onednn_route(x, merged, mask):
-      y = super().__call__(x, use_running_average, mask=mask)
+      y = _unwrapped(nn.BatchNorm.__call__)(self, x, use_running_average, mask=mask)
       return nn.relu(y) if self.relu else y
     c = x.shape[3]
     ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (c,))
