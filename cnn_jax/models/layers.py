@@ -26,7 +26,6 @@ All layers are channels-last; ``dtype`` is the compute dtype, parameters stay fl
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -46,10 +45,10 @@ class Conv(nn.Conv):
   whose conv :func:`cnn_jax.ops.onednn_conv.supports` (no mask, unshared weights or input
   dilation; padding 'SAME', 'VALID' or explicit) goes to
   :func:`cnn_jax.ops.onednn_conv.conv` with ``bias=``: the bias is added inside oneDNN's
-  forward primitive and its gradient comes from the kernel-gradient primitive, as in
-  PyTorch's ``nn.Conv2d``, where ``nn.Conv`` adds it, and XLA reduces its gradient, in two
-  extra passes over the output (entry 19 of ``experiments/performance_log.md``). The output
-  is the same within float rounding (bfloat16: one rounding instead of two).
+  forward primitive and its gradient comes from the kernel-gradient primitive, as PyTorch's
+  ``nn.Conv2d`` does. ``nn.Conv`` would add it after the conv and XLA reduce its gradient:
+  two more passes over the output (entry 19 of ``experiments/performance_log.md``). The
+  output is the same within float rounding (bfloat16: one rounding instead of two).
   """
 
   conv_general_dilated: Any = cpu_conv.conv_general_dilated

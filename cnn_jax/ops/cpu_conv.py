@@ -1,7 +1,7 @@
 """The convolution every model layer calls: oneDNN's or XLA's on CPU, XLA's elsewhere.
 
 :func:`conv_general_dilated` is a drop-in for ``lax.conv_general_dilated`` that the models
-pass to ``flax.linen.Conv`` (through :data:`cnn_jax.models.layers.Conv`), so parameter
+pass to ``flax.linen.Conv`` (through :class:`cnn_jax.models.layers.Conv`), so parameter
 names and shapes are those of ``nn.Conv``. On GPU and TPU, and inside
 :func:`cnn_jax.ops.depthwise.xla_convs` (the analysis tools, which count the mathematical
 convolution), every call is ``lax.conv_general_dilated`` unchanged.

@@ -9,9 +9,11 @@ whose forward, input gradient and kernel gradient are oneDNN primitives
 (``convolution_forward``, ``convolution_backward_data``, ``convolution_backward_weights``;
 oneDNN developer guide, "Convolution"), run as ``jax.ffi.ffi_call`` custom calls on the
 buffers XLA already holds, in JAX's NHWC / HWIO layout (no transposes; oneDNN reorders only
-the small kernel tensor to its blocked layout). Everything around the convolutions (BatchNorm,
-activations, the optimizer) stays XLA's and fuses as before, unless BatchNorm also goes to
-oneDNN (:mod:`cnn_jax.ops.onednn_batch_norm`).
+the small kernel tensor to its blocked layout). A conv's bias can go inside the primitives
+(``conv(..., bias=)``: added in the forward, its gradient from the kernel gradient).
+Everything else around the convolutions (BatchNorm, activations, the optimizer) stays XLA's
+and fuses as before, unless BatchNorm also goes to oneDNN
+(:mod:`cnn_jax.ops.onednn_batch_norm`).
 
 The handlers are ``onednn_conv.cc``, built and registered with the other oneDNN kernels by
 :mod:`cnn_jax.ops.onednn_library` (requirements: a C++ compiler and ``pip install
