@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.ops import cpu_conv, cpu_pool, depthwise, onednn_batch_norm, onednn_conv
+from cnn_jax.ops import cpu_conv, cpu_pool, onednn_batch_norm, onednn_conv
 
 
 class Conv(nn.Conv):
@@ -58,14 +58,12 @@ class Conv(nn.Conv):
     if not (self.use_bias and self.shared_weights and self.mask is None and x.ndim == 4
             and len(kernel_size) == 2 and not self.is_initializing()
             and self.conv_general_dilated is cpu_conv.conv_general_dilated
-            and cpu_conv.current_backend() == "onednn" and jax.default_backend() == "cpu"
-            and not depthwise.forcing_xla()
             and all(d == 1 for d in _pair(self.input_dilation))
             and (padding in ("SAME", "VALID") or not isinstance(padding, str))):
       return False
     groups = self.feature_group_count
     c_in = x.shape[3]
-    return c_in % groups == 0 and onednn_conv.supports(
+    return c_in % groups == 0 and cpu_conv.takes_onednn(
         x.shape, (*kernel_size, c_in // groups, self.features), dtype, dtype, padding,
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
 

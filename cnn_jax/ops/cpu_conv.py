@@ -160,6 +160,19 @@ def small_output_conv(x: jax.Array, w: jax.Array, strides=(1, 1), padding="VALID
   return out.reshape(x.shape[0], ho, wo, c_out)
 
 
+def takes_onednn(lhs_shape, rhs_shape, dtype, rhs_dtype, padding, lhs_dilation=None,
+                 dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                 preferred_element_type=None) -> bool:
+  """Whether :func:`conv_general_dilated` traced here computes this conv with oneDNN: CPU,
+  not inside :func:`cnn_jax.ops.depthwise.xla_convs`, backend ``'onednn'``, and a conv
+  :func:`cnn_jax.ops.onednn_conv.supports` (same arguments)."""
+  return (not depthwise.forcing_xla() and jax.default_backend() == "cpu"
+          and _BACKEND.get() == "onednn"
+          and onednn_conv.supports(lhs_shape, rhs_shape, dtype, rhs_dtype, padding,
+                                   lhs_dilation, dimension_numbers, feature_group_count,
+                                   batch_group_count, preferred_element_type))
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          batch_group_count=1, precision=None, preferred_element_type=None):
@@ -177,10 +190,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   :func:`cnn_jax.ops.depthwise.xla_convs`; everything else is ``lax.conv_general_dilated``.
   """
   on_cpu = not depthwise.forcing_xla() and jax.default_backend() == "cpu"
-  if (on_cpu and _BACKEND.get() == "onednn"
-      and onednn_conv.supports(lhs.shape, rhs.shape, lhs.dtype, rhs.dtype, padding,
-                               lhs_dilation, dimension_numbers, feature_group_count,
-                               batch_group_count, preferred_element_type)):
+  if takes_onednn(lhs.shape, rhs.shape, lhs.dtype, rhs.dtype, padding, lhs_dilation,
+                  dimension_numbers, feature_group_count, batch_group_count,
+                  preferred_element_type):
     return onednn_conv.conv(lhs, rhs, window_strides, padding, rhs_dilation or (1, 1),
                             feature_group_count)
   small = (on_cpu and lhs.ndim == 4
