@@ -5,7 +5,8 @@
 Reads only ``runs/<name>/config.json`` and ``metrics.jsonl``
 (:func:`cnn_jax.report.comparison_row`) and writes ``table.md``, ``table.csv`` and
 ``curves.png`` beside this file: one row per run, the mean of each group's finished seeds
-(``seed<S>``: XLA's convolutions; ``onednn_seed<S>``: oneDNN's convolutions and BatchNorm),
+(``seed<S>``: XLA's convolutions; ``onednn_seed<S>``: oneDNN's convolutions and BatchNorm;
+``onednn_bf16_e25_seed<S>``: the same in bfloat16 compute for 25 epochs),
 the same recipe in PyTorch on the same images where it ran
 (``airbench94_torch/seed<S>/``, written by ``benchmarks/airbench94_torch.py``: its TTA
 level 2 accuracy and ``wall_s``, which counts from the whitening init, data loading
@@ -38,7 +39,8 @@ HEADER = ["run", "seed", "test top-1, flip + translate TTA (%)", "steps", "epoch
           "wall (min)", "median train images/s", "hardware", "commit"]
 
 
-GROUPS = (("XLA convs", "seed"), ("oneDNN", "onednn_seed"))
+GROUPS = (("XLA convs", "seed"), ("oneDNN", "onednn_seed"),
+          ("oneDNN, bfloat16, 25 epochs", "onednn_bf16_e25_seed"))
 
 
 def _mean_row(label: str, done: list[dict]) -> list[str]:
