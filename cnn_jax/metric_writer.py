@@ -6,7 +6,9 @@ reads. ``tensorboard/`` holds the numeric fields of the same records as TensorBo
 Only process 0 writes. Each record is flushed when written, so ``tail -f metrics.jsonl``
 follows a run and a killed run keeps every record it logged. A run resumed from an older
 step than it had logged first moves the records it will log again to
-``metrics.discarded.jsonl`` (:func:`rewind`), so that each step has one record.
+``metrics.discarded.jsonl`` (:func:`rewind`), so that each step has one record; its
+TensorBoard events are then rebuilt from the rewound file (``TensorBoardWriter(...,
+rebuild_from=)``), so that TensorBoard too shows one value per step.
 """
 
 from __future__ import annotations
@@ -47,25 +49,44 @@ class TensorBoardWriter:
   Records without a ``step`` or with an ``event`` (the ``start`` record) are skipped; string
   and boolean fields are skipped. Uses ``clu.metric_writers.SummaryWriter`` (TF summaries);
   TensorFlow is told to see no GPU, so that it does not take accelerator memory from JAX.
+
+  Args:
+    logdir: the event files' folder (created if missing).
+    rebuild_from: a ``metrics.jsonl`` path, or None. Given, the event files already in
+      ``logdir`` are deleted and every record of that file is written again first. For a
+      resumed run after :func:`rewind`: TensorBoard has no rewind of its own, and the old
+      events of the steps the run trains again would plot beside the new ones (two values
+      per step). The events only copy the JSONL's numeric fields, so nothing is lost: the
+      discarded records stay in ``metrics.discarded.jsonl``.
   """
 
-  def __init__(self, logdir: str | pathlib.Path):
+  def __init__(self, logdir: str | pathlib.Path,
+               rebuild_from: str | pathlib.Path | None = None):
     self._writer = None
     if jax.process_index() != 0:
       return
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.set_visible_devices([], "GPU")
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
+    logdir = pathlib.Path(logdir)
+    if rebuild_from is not None:
+      for f in logdir.glob("events.out.tfevents.*"):
+        f.unlink()
     self._writer = metric_writers.SummaryWriter(str(logdir))
+    if rebuild_from is not None:
+      for record in read_jsonl(rebuild_from):
+        self.write(record, flush=False)
+      self._writer.flush()
 
-  def write(self, record: dict) -> None:
+  def write(self, record: dict, flush: bool = True) -> None:
     """Writes the numeric fields of one record (see the class docstring)."""
     if self._writer is None or "event" in record or "step" not in record:
       return
     scalars = {k: v for k, v in record.items() if k != "step" and
                isinstance(v, (int, float)) and not isinstance(v, bool)}
     self._writer.write_scalars(int(record["step"]), scalars)
-    self._writer.flush()
+    if flush:
+      self._writer.flush()
 
   def close(self) -> None:
     if self._writer is not None:

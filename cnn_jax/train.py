@@ -590,14 +590,17 @@ def _start_logs(config, workdir, ds, mesh, run, state, start_step, materialize, 
   and ``prov``: provenance, plus ``previous_run``, ``init_from`` and ``init_from_step`` when
   those options acted). Returns the writer."""
   is_main = jax.process_index() == 0
-  extra = [TensorBoardWriter(workdir / "tensorboard")] if config.tensorboard else []
+  # A run killed after its newest checkpoint logged steps it now trains again: their records
+  # move to metrics.discarded.jsonl (a resume at the last step redoes the final evaluation),
+  # and the TensorBoard events, a copy of the records, are rebuilt from what stays.
+  total_steps = run.steps_per_epoch * config.num_epochs
+  discarded = rewind(workdir, start_step, redo_eval=start_step == total_steps) if is_main else 0
+  tb_dir = workdir / "tensorboard"
+  rebuild = workdir / "metrics.jsonl" if discarded and tb_dir.is_dir() else None
+  extra = [TensorBoardWriter(tb_dir, rebuild_from=rebuild)] if config.tensorboard else []
   writer = MultiWriter(JsonlWriter(workdir), *extra)
   if is_main:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-  # A run killed after its newest checkpoint logged steps it now trains again: their records
-  # move to metrics.discarded.jsonl (a resume at the last step redoes the final evaluation).
-  total_steps = run.steps_per_epoch * config.num_epochs
-  discarded = rewind(workdir, start_step, redo_eval=start_step == total_steps) if is_main else 0
   if discarded:
     print(f"cnn_jax: moved {discarded} metrics records past step {start_step} (logged before "
           f"the run stopped; logged again now) to {workdir / DISCARDED}",

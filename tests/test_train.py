@@ -216,13 +216,23 @@ def test_end_to_end_logs_checkpoints_and_resumes(cifar10_dir, cache_dir, tmp_pat
   assert f"| {100 * evals[-1]['test_accuracy']:.2f} |" in table[2]
 
   # Interrupted run: raise after 4 steps (the epoch-1 checkpoint at step 3 exists).
+  cfg.tensorboard = True
   wrap_train_step(monkeypatch, kill_after(4))
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(cfg, str(tmp_path / "b"))
   monkeypatch.undo()
+  killed_steps = [s for s, _ in _tensorboard_scalars(tmp_path / "b" / "tensorboard")["train_loss"]]
+  assert max(killed_steps) > 3  # past the checkpoint: the resumed run logs that step again
   resumed = train.train_and_evaluate(cfg, str(tmp_path / "b"))
-  starts = [r for r in read_jsonl(tmp_path / "b" / "metrics.jsonl") if r.get("event") == "start"]
+  cfg.tensorboard = False
+  recs_b = read_jsonl(tmp_path / "b" / "metrics.jsonl")
+  starts = [r for r in recs_b if r.get("event") == "start"]
   assert [s["step"] for s in starts] == [0, 3]
+  # TensorBoard, like metrics.jsonl, holds each step once: the killed run's step 4 is gone.
+  tb_b = _tensorboard_scalars(tmp_path / "b" / "tensorboard")
+  assert sorted(tb_b["train_loss"]) == [(r["step"], pytest.approx(r["train_loss"]))
+                                        for r in recs_b if "train_loss" in r]
+  assert [s for s, _ in sorted(tb_b["test_accuracy"])] == [3, 6]
   np.testing.assert_allclose(resumed["test_loss"], full["test_loss"], rtol=1e-5)
   assert resumed["test_accuracy"] == full["test_accuracy"]
   np.testing.assert_allclose(resumed["train_loss"], full["train_loss"], rtol=1e-5)
