@@ -115,6 +115,16 @@ def test_validate_errors_name_the_key():
   validate(base_config())
 
 
+def test_validated_choices_are_what_the_code_accepts():
+  """config.py lists choices without importing jax; they must stay the consumers' keys."""
+  from cnn_jax import config, steps  # pylint: disable=g-import-not-at-top
+  assert set(config._CHOICES["eval_tta"]) == set(steps.TTA_LEVELS)  # pylint: disable=protected-access
+  for name in config._CHOICES["optim.name"]:  # pylint: disable=protected-access
+    c = base_config()
+    c.optim.name = name
+    optim.create_optimizer(c.optim, steps_per_epoch=10, num_epochs=2)
+
+
 def test_check_resume_names_changed_keys_and_allows_display_keys():
   saved = base_config()
   saved.model.kwargs.shortcut = "A"
